@@ -1,0 +1,70 @@
+//! Criterion benchmarks of the per-request work that does not involve the network:
+//! validation, fingerprint, token generation, envelope seal/open.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use tokenvault::crypto::{fingerprint, open, seal, Keyring, RecordAad};
+use tokenvault::secret::KeyBytes;
+use tokenvault::token::Token;
+use tokenvault::validate::{
+    detect_brand, luhn_valid, normalize_iban, normalize_pan, validate_routing_number,
+};
+
+fn validation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("validate");
+    g.bench_function("luhn_16", |b| {
+        b.iter(|| luhn_valid(black_box(b"4111111111111111")))
+    });
+    g.bench_function("brand", |b| {
+        b.iter(|| detect_brand(black_box(b"4011780000000006")))
+    });
+    g.bench_function("normalize_pan", |b| {
+        b.iter(|| normalize_pan(black_box("4242 4242 4242 4242")).is_ok())
+    });
+    g.bench_function("iban", |b| {
+        b.iter(|| normalize_iban(black_box("GB82 WEST 1234 5698 7654 32")).is_ok())
+    });
+    g.bench_function("aba", |b| {
+        b.iter(|| validate_routing_number(black_box("021000021")).is_ok())
+    });
+    g.finish();
+}
+
+fn keyed(c: &mut Criterion) {
+    let key = KeyBytes::new([7; 32]);
+    c.bench_function("fingerprint", |b| {
+        b.iter(|| fingerprint(&key, "shop", "card", black_box(b"4111111111111111")))
+    });
+    c.bench_function("token_opaque", |b| {
+        b.iter(|| Token::generate_opaque().unwrap())
+    });
+    c.bench_function("token_numeric", |b| {
+        b.iter(|| Token::generate_numeric(black_box("4111111111111111")).unwrap())
+    });
+}
+
+fn envelope(c: &mut Criterion) {
+    let ring = Keyring::generate(0).unwrap();
+    let aad = RecordAad {
+        token: "tok_AAAAAAAAAAAAAAAAAAAAAAAA",
+        tenant: "shop",
+        record_type: 1,
+    };
+    let mut g = c.benchmark_group("envelope");
+    for size in [32usize, 256, 1024] {
+        let payload = vec![0x42u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("seal", size), &payload, |b, p| {
+            b.iter(|| seal(&ring, aad, p).unwrap())
+        });
+        let sealed = seal(&ring, aad, &payload).unwrap();
+        g.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, e| {
+            b.iter(|| open(&ring, aad, e).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, validation, keyed, envelope);
+criterion_main!(benches);

@@ -1,0 +1,282 @@
+//! Request bodies: size limit enforced before and while reading, JSON content type,
+//! and decoding with errors that name the field and rule but never quote the input.
+//! The raw body is collected into a buffer that is wiped when dropped.
+
+use bytes::Buf;
+use http::{header, HeaderMap};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use super::problem::ApiError;
+use crate::validate::{Code, ValidationError};
+
+/// Reads the whole body, refusing more than `limit` bytes (first by
+/// `Content-Length`, then while reading a body without one).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let capacity = declared.map_or(1024, |n| n as usize).min(limit);
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::BadRequest {
+            field: None,
+            detail: "the request body could not be read".into(),
+        })?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.remaining() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let needed = buf.len() + data.remaining();
+        if needed > buf.capacity() {
+            // Grow by copying into a new wiped-on-drop buffer, so the old allocation
+            // is zeroized rather than freed with card data in it.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                needed.max(buf.capacity() * 2).min(limit),
+            ));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            buf.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+    }
+    Ok(buf)
+}
+
+/// `Content-Type` must be `application/json` (parameters such as charset allowed).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Decodes JSON into `T`, mapping every serde failure to a problem that names the
+/// field (by its JSON path) and the rule, never the submitted value.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
+    de.end().map_err(|_| ApiError::InvalidJson)?;
+    Ok(value)
+}
+
+/// A JSON path built only from safe segments (field names of our own schema and
+/// array indices). Anything else makes the path unknown rather than echoed.
+fn safe_path(path: &serde_path_to_error::Path, drop_last: bool) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    let n = path.iter().count();
+    let keep = if drop_last { n.saturating_sub(1) } else { n };
+    for segment in path.iter().take(keep) {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if safe_name(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A field name we may repeat back: short, ASCII letters and underscores, at most
+/// two digits (so no number, card or account can pass as a name).
+fn safe_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.bytes().filter(u8::is_ascii_digit).count() <= 2
+}
+
+fn join(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_owned()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// The name between the first pair of backticks in a serde message, if it is safe.
+fn quoted_name(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    let end = rest.find('`')?;
+    let name = rest.get(..end)?;
+    safe_name(name).then(|| name.to_owned())
+}
+
+fn map_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    use serde_json::error::Category;
+    let inner = e.inner();
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => return ApiError::InvalidJson,
+        Category::Data => {}
+    }
+    // Only the message's fixed prefix is inspected; the message itself (which may
+    // quote the input) is never returned or logged.
+    let message = inner.to_string();
+    if message.starts_with("unknown field `") {
+        // The path ends with the unknown key itself: name it only if it is safe.
+        let parent = safe_path(e.path(), true);
+        let name = quoted_name(&message, "unknown field `");
+        let field = parent.zip(name).map(|(parent, name)| join(&parent, &name));
+        return ApiError::UnknownField { field };
+    }
+    let Some(path) = safe_path(e.path(), false) else {
+        return ApiError::BadRequest {
+            field: None,
+            detail: "the request does not have the expected shape".into(),
+        };
+    };
+    if let Some(name) = quoted_name(&message, "missing field `") {
+        let field = join(&path, &name);
+        return field_error(&field, "missing", format!("{field} is required"));
+    }
+    if message.starts_with("duplicate field `") {
+        return ApiError::BadRequest {
+            field: Some(path),
+            detail: "a field appears twice".into(),
+        };
+    }
+    let field = if path.is_empty() {
+        "request".to_owned()
+    } else {
+        path
+    };
+    let detail = format!("{field} {}", expectation(&field));
+    field_error(&field, "type", detail)
+}
+
+/// What a field must be, for type errors.
+fn expectation(field: &str) -> &'static str {
+    let leaf = field.rsplit('.').next().unwrap_or(field);
+    match leaf {
+        "exp_month" | "exp_year" => "must be an integer or a string of digits",
+        "ttl_seconds" => "must be a positive integer",
+        "reuse_existing" => "must be true or false",
+        "format" => "must be \"opaque\" or \"numeric\"",
+        "account_type" => "must be \"checking\" or \"savings\"",
+        "card" | "bank_account" | "billing_address" | "request" => "must be a JSON object",
+        "tokens" | "items" => "must be an array",
+        _ => "must be a string",
+    }
+}
+
+/// Field-level problems use the code of the field they concern.
+fn field_error(field: &str, reason: &'static str, detail: String) -> ApiError {
+    let code = match field.rsplit('.').next().unwrap_or(field) {
+        "number" if field.ends_with("card.number") => Code::InvalidCardNumber,
+        "exp_month" => Code::InvalidExpiryMonth,
+        "exp_year" => Code::InvalidExpiryYear,
+        "cvc" => Code::InvalidCvc,
+        "iban" => Code::InvalidIban,
+        "routing_number" => Code::InvalidRoutingNumber,
+        "account_number" => Code::InvalidAccountNumber,
+        _ => Code::InvalidRequest,
+    };
+    ApiError::Invalid(ValidationError::new(code, field, reason, detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::input::TokenizeRequest;
+
+    fn problem(json: &str) -> (String, Option<String>, String) {
+        match decode::<TokenizeRequest>(json.as_bytes()) {
+            Ok(_) => ("ok".into(), None, String::new()),
+            Err(ApiError::Invalid(v)) => (v.code.as_str().into(), Some(v.field), v.detail),
+            Err(ApiError::UnknownField { field }) => ("unknown_field".into(), field, String::new()),
+            Err(ApiError::InvalidJson) => ("invalid_json".into(), None, String::new()),
+            Err(ApiError::BadRequest { field, detail }) => {
+                ("invalid_request".into(), field, detail)
+            }
+            Err(other) => (format!("{other:?}"), None, String::new()),
+        }
+    }
+
+    #[test]
+    fn number_as_json_number_names_the_field_not_the_value() {
+        let (code, field, detail) =
+            problem(r#"{"card":{"number":4111111111111111,"exp_month":1,"exp_year":2030}}"#);
+        assert_eq!(code, "invalid_card_number");
+        assert_eq!(field.as_deref(), Some("card.number"));
+        assert_eq!(detail, "card.number must be a string");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_only_when_safe() {
+        let (code, field, _) =
+            problem(r#"{"card":{"number":"4111","exp_month":1,"exp_year":2030,"colour":1}}"#);
+        assert_eq!(
+            (code.as_str(), field.as_deref()),
+            ("unknown_field", Some("card.colour"))
+        );
+        let (code, field, _) = problem(r#"{"4111111111111111":1}"#);
+        assert_eq!((code.as_str(), field), ("unknown_field", None));
+    }
+
+    #[test]
+    fn missing_and_syntax_errors() {
+        let (code, field, _) = problem(r#"{"card":{"exp_month":1,"exp_year":2030}}"#);
+        assert_eq!(
+            (code.as_str(), field.as_deref()),
+            ("invalid_card_number", Some("card.number"))
+        );
+        assert_eq!(problem(r#"{"card":"#).0, "invalid_json");
+        assert_eq!(problem(r#"{} trailing"#).0, "invalid_json");
+        assert_eq!(problem(r#"[]"#).0, "invalid_request");
+    }
+
+    #[test]
+    fn month_as_string_is_judged_by_the_month_rule_later() {
+        assert_eq!(
+            problem(r#"{"card":{"number":"4111111111111111","exp_month":"00","exp_year":2030}}"#).0,
+            "ok"
+        );
+        let (code, field, _) =
+            problem(r#"{"card":{"number":"4111111111111111","exp_month":true,"exp_year":2030}}"#);
+        assert_eq!(
+            (code.as_str(), field.as_deref()),
+            ("invalid_expiry_month", Some("card.exp_month"))
+        );
+    }
+
+    #[test]
+    fn json_type_detail_never_contains_input() {
+        for json in [
+            r#"{"card":{"number":["4111111111111111"],"exp_month":1,"exp_year":2030}}"#,
+            r#"{"format":"4111111111111111"}"#,
+            r#"{"bank_account":{"iban":{"x":"GB82WEST12345698765432"}}}"#,
+            r#"{"card":{"number":"x","exp_month":"4111111111111111","exp_year":2030}}"#,
+        ] {
+            let (_, field, detail) = problem(json);
+            let text = format!("{field:?} {detail}");
+            assert!(!text.contains("4111") && !text.contains("GB82"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Errors become HTTP here and nowhere else: every `ApiError` maps to one status,
+//! one stable snake_case `type` and a fixed title, rendered as an RFC 9457
+//! `application/problem+json` document with the request id. Inner error text is
+//! never copied into a response; causes go to the log, without values.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+use crate::validate::ValidationError;
+use crate::vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON")]
+    InvalidJson,
+    #[error("unknown field")]
+    UnknownField { field: Option<String> },
+    #[error("invalid field")]
+    Invalid(ValidationError),
+    #[error("malformed request")]
+    BadRequest {
+        field: Option<String>,
+        detail: String,
+    },
+    #[error("forbidden: {0}")]
+    Forbidden(AuthError),
+    #[error("not found")]
+    NotFound,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("conflict")]
+    Conflict { detail: &'static str },
+    #[error("payload too large")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("unavailable")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::TenantRequired => ApiError::Invalid(ValidationError::new(
+                crate::validate::Code::InvalidRequest,
+                "tenant",
+                "required",
+                "tenant is required: this identity acts in more than one tenant",
+            )),
+            other => ApiError::Forbidden(other),
+        }
+    }
+}
+
+/// The deliberate collapse of vault errors: the caller learns the category, the
+/// log learns the cause (never a value).
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(v) => ApiError::Invalid(v),
+            VaultError::NotFound => ApiError::NotFound,
+            VaultError::Expired => ApiError::TokenExpired,
+            VaultError::TokenSpaceExhausted => ApiError::Conflict {
+                detail: "no unused token of the requested format is left for this card",
+            },
+            VaultError::Store(StoreError::Conflict) => ApiError::Conflict {
+                detail: "the request conflicts with the current state",
+            },
+            VaultError::Store(cause) => {
+                tracing::error!(error = %cause, "storage failure");
+                ApiError::Unavailable
+            }
+            VaultError::Corrupt | VaultError::Crypto(_) => {
+                tracing::error!(error = %e, "record could not be processed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    request_id: &'a str,
+}
+
+impl ApiError {
+    /// Status, stable code and fixed title.
+    fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidJson => (StatusCode::BAD_REQUEST, "invalid_json", "Malformed JSON"),
+            UnknownField { .. } => (StatusCode::BAD_REQUEST, "unknown_field", "Unknown field"),
+            Invalid(v) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                v.code.as_str(),
+                "Validation failed",
+            ),
+            BadRequest { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Malformed request",
+            ),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            TokenExpired => (StatusCode::GONE, "token_expired", "Token expired"),
+            Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    fn detail(&self) -> (String, Option<&str>, Option<&str>) {
+        use ApiError::*;
+        match self {
+            InvalidJson => ("the request body is not valid JSON".into(), None, None),
+            UnknownField { field } => (
+                "the request has a field this endpoint does not accept".into(),
+                field.as_deref(),
+                Some("unknown_field"),
+            ),
+            Invalid(v) => (v.detail.clone(), Some(v.field.as_str()), Some(v.reason)),
+            BadRequest { field, detail } => (detail.clone(), field.as_deref(), None),
+            Forbidden(AuthError::UnknownIdentity) => (
+                "the client certificate's identity is not configured".into(),
+                None,
+                Some("unknown_identity"),
+            ),
+            Forbidden(AuthError::TenantNotAllowed) => (
+                "this identity may not act in that tenant".into(),
+                Some("tenant"),
+                Some("tenant"),
+            ),
+            Forbidden(_) => (
+                "this identity's roles do not allow this operation".into(),
+                None,
+                Some("role"),
+            ),
+            NotFound => ("no such token or resource".into(), None, None),
+            TokenExpired => ("the token has expired".into(), None, None),
+            Conflict { detail } => ((*detail).into(), None, None),
+            PayloadTooLarge { limit } => (
+                format!("the request body exceeds {limit} bytes"),
+                None,
+                None,
+            ),
+            UnsupportedMediaType => ("send Content-Type: application/json".into(), None, None),
+            MethodNotAllowed { allow } => (format!("allowed methods: {allow}"), None, None),
+            Unavailable => ("the vault cannot serve this request now".into(), None, None),
+            Internal => ("the request could not be completed".into(), None, None),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.classify().0
+    }
+
+    /// The one function that turns an error into a response.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let (status, kind, title) = self.classify();
+        let (detail, field, reason) = self.detail();
+        let body = serde_json::to_vec(&Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: &detail,
+            field,
+            reason,
+            request_id,
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ApiError::MethodNotAllowed { allow } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
+        response
+    }
+}

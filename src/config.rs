@@ -1,0 +1,327 @@
+//! Configuration: the TOML file is parsed into `RawConfig` (unknown keys are errors
+//! that name them) and resolved into a typed `Config` in one step. Secrets are never
+//! in the file, only where to read them. `Config::dev()` is the embedded default of
+//! `serve --dev`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{Client, ClientTable, Role};
+use crate::pki::DEV_CLIENTS;
+use crate::tls::TlsFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    data_dir: PathBuf,
+    keyring: PathBuf,
+    passphrase_file: Option<PathBuf>,
+    passphrase_env: Option<String>,
+    backup_dir: Option<PathBuf>,
+    tls: RawTls,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
+    #[serde(default)]
+    tls12: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    identity: String,
+    roles: Vec<Role>,
+    tenants: Vec<String>,
+}
+
+/// Bounds and defaults, all overridable in `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body of single-item endpoints.
+    pub max_body_bytes: usize,
+    /// How long a CVC is kept for its first detokenize (at most 600 s).
+    pub cvc_ttl_seconds: u64,
+    pub handshake_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_h2_streams: u32,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            cvc_ttl_seconds: 600,
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 4096,
+            max_h2_streams: 128,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn cvc_ttl(&self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.cvc_ttl_seconds.min(600)).unwrap_or(600))
+    }
+
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+/// Where the keyring passphrase comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassphraseSource {
+    File(PathBuf),
+    Env(String),
+    /// `TOKENVAULT_PASSPHRASE`, else an interactive prompt.
+    Default,
+    /// `TOKENVAULT_PASSPHRASE`, else the fixed development passphrase.
+    Dev,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub keyring: PathBuf,
+    pub passphrase: PassphraseSource,
+    pub backup_dir: Option<PathBuf>,
+    pub tls: TlsFiles,
+    pub clients: ClientTable,
+    pub limits: Limits,
+    pub dev: bool,
+}
+
+fn valid_tenant(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Config {
+    /// Reads and resolves a config file. Relative paths in it are relative to the
+    /// working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid(reason) => file_error(reason),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // toml's messages name the unknown key and its line, never a secret: the file
+        // holds none.
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.message().to_owned()))?;
+        Config::resolve(raw)
+    }
+
+    fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = raw.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!("listen: '{}' is not an address:port", raw.listen))
+        })?;
+        let passphrase = match (raw.passphrase_file, raw.passphrase_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set passphrase_file or passphrase_env, not both".into(),
+                ))
+            }
+            (Some(file), None) => PassphraseSource::File(file),
+            (None, Some(env)) => PassphraseSource::Env(env),
+            (None, None) => PassphraseSource::Default,
+        };
+        let mut seen = BTreeSet::new();
+        let mut clients = Vec::new();
+        for c in raw.clients {
+            if c.identity.is_empty() || !seen.insert(c.identity.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "clients: identity '{}' is empty or listed twice",
+                    c.identity
+                )));
+            }
+            if c.roles.is_empty() || c.tenants.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "clients: '{}' needs at least one role and one tenant",
+                    c.identity
+                )));
+            }
+            if let Some(bad) = c.tenants.iter().find(|t| !valid_tenant(t)) {
+                return Err(ConfigError::Invalid(format!(
+                    "clients: tenant '{bad}' must be 1-64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            clients.push(Client {
+                identity: c.identity,
+                roles: c.roles.into_iter().collect(),
+                tenants: c.tenants,
+            });
+        }
+        if raw.limits.max_connections == 0 || raw.limits.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits must be greater than zero".into(),
+            ));
+        }
+        Ok(Config {
+            listen,
+            data_dir: raw.data_dir,
+            keyring: raw.keyring,
+            passphrase,
+            backup_dir: raw.backup_dir,
+            tls: TlsFiles {
+                cert: raw.tls.cert,
+                key: raw.tls.key,
+                client_ca: raw.tls.client_ca,
+                crl: raw.tls.crl,
+                tls12: raw.tls.tls12,
+            },
+            clients: ClientTable::new(clients),
+            limits: raw.limits,
+            dev: false,
+        })
+    }
+
+    /// The embedded default of `serve --dev`: loopback, files under `keys/dev/` and
+    /// `data/dev/` relative to the working directory, three dev clients in tenant `dev`.
+    pub fn dev() -> Config {
+        let keys = PathBuf::from("keys/dev");
+        let roles: [&[Role]; 3] = [
+            &[Role::Tokenize],
+            &[Role::Detokenize],
+            &[Role::Keys, Role::Audit],
+        ];
+        let clients = DEV_CLIENTS
+            .iter()
+            .zip(roles)
+            .map(|((_, uri), roles)| Client {
+                identity: (*uri).to_owned(),
+                roles: roles.iter().copied().collect(),
+                tenants: vec!["dev".to_owned()],
+            })
+            .collect();
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("data/dev"),
+            keyring: keys.join("keyring.sealed"),
+            passphrase: PassphraseSource::Dev,
+            backup_dir: Some(PathBuf::from("data/dev-backups")),
+            tls: TlsFiles {
+                cert: keys.join("server.pem"),
+                key: keys.join("server.key"),
+                client_ca: keys.join("ca.pem"),
+                crl: vec![],
+                tls12: false,
+            },
+            clients: ClientTable::new(clients),
+            limits: Limits::default(),
+            dev: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:9443"
+data_dir = "/var/lib/tokenvault"
+keyring = "/etc/tokenvault/keyring.sealed"
+passphrase_env = "TV_PASS"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+
+[[clients]]
+identity = "spiffe://shop.example/checkout"
+roles = ["tokenize"]
+tenants = ["shop-eu", "shop-us"]
+
+[limits]
+cvc_ttl_seconds = 60
+"#;
+
+    #[test]
+    fn parses_the_spec_shape() {
+        let Ok(config) = Config::parse(GOOD) else {
+            unreachable!("parses")
+        };
+        assert_eq!(config.listen.port(), 9443);
+        assert_eq!(config.passphrase, PassphraseSource::Env("TV_PASS".into()));
+        let client = config.clients.find("spiffe://shop.example/checkout");
+        assert_eq!(client.map(|c| c.tenants.len()), Some(2));
+        assert_eq!(config.limits.cvc_ttl_seconds, 60);
+        assert_eq!(config.limits.max_body_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = GOOD.replace("[limits]", "[limits]\nmax_bodee = 1");
+        let err = Config::parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("max_bodee"), "{err}");
+        let text = format!("colour = \"blue\"\n{GOOD}");
+        let err = Config::parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_tenants_and_roles_are_refused() {
+        assert!(Config::parse(&GOOD.replace("shop-us", "shop us")).is_err());
+        assert!(Config::parse(&GOOD.replace("[\"tokenize\"]", "[\"root\"]")).is_err());
+        assert!(Config::parse(&GOOD.replace("127.0.0.1:9443", "nowhere")).is_err());
+    }
+
+    #[test]
+    fn dev_config_has_three_clients() {
+        let dev = Config::dev();
+        assert!(dev.dev);
+        for (_, uri) in DEV_CLIENTS {
+            assert!(dev.clients.find(uri).is_some());
+        }
+    }
+}

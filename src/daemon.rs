@@ -1,0 +1,145 @@
+//! The daemon's life: unseal → TLS → store → bind → serve → drain → stop.
+//! `main.rs` resolves the configuration and calls `run`; tests drive the real binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::AppState;
+use crate::audit::AuditEvent;
+use crate::clock::{Clock, SystemClock};
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::crypto::CryptoError;
+use crate::secret::{KeyBytes, Passphrase};
+use crate::startup::{raise_fd_limit, unseal_keyring, StartupError};
+use crate::store::{RocksStore, Store, StoreError};
+use crate::tls::{server_config, TlsError};
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("data directory: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+const SYSTEM: &str = "tokenvault";
+
+/// Runs the daemon until SIGTERM or SIGINT. `on_listening` is called with the bound
+/// address once the daemon accepts connections.
+pub async fn run(
+    config: Config,
+    passphrase: Passphrase,
+    on_listening: impl FnOnce(SocketAddr, u32),
+) -> Result<(), DaemonError> {
+    let max_open_files = raise_fd_limit();
+    let keyring = Arc::new(unseal_keyring(&config.keyring, &passphrase)?);
+    drop(passphrase);
+    let tls = server_config(&config.tls)?;
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir, max_open_files)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The commit writer keeps its own copy of the audit key (a named, greppable step).
+    let audit_key = KeyBytes::new(*keyring.audit_key().expose_secret());
+    let (committer, writer) = Committer::start(store.clone(), audit_key, clock.clone())?;
+    let key_version = keyring.active_version();
+    let vault = Arc::new(Vault::new(
+        keyring,
+        store,
+        committer,
+        clock,
+        config.limits.cvc_ttl(),
+    ));
+    vault
+        .audit(AuditEvent::new(SYSTEM, "start", "ok").key_version(key_version))
+        .await
+        .map_err(|e| {
+            DaemonError::Store(StoreError::Unavailable(format!(
+                "the start could not be audited: {e}"
+            )))
+        })?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = Arc::new(AppState::new(
+        vault.clone(),
+        config.clients.clone(),
+        config.limits.clone(),
+    )?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(sweep_cvcs(vault.clone(), stop_rx.clone()));
+    tokio::spawn(watch_signals(stop_tx));
+    on_listening(addr, key_version);
+
+    crate::server::run(listener, tls, state, stop_rx).await;
+
+    tracing::info!("stopping");
+    if let Err(e) = vault.audit(AuditEvent::new(SYSTEM, "stop", "ok")).await {
+        tracing::error!(error = %e, "the stop could not be audited");
+    }
+    drop(vault);
+    // The writer exits when the last handle to the vault is gone; connections that
+    // outlived the grace period may still hold one, so do not wait for it forever.
+    let _ = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn sweep_cvcs(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = every.tick() => { vault.sweep_cvcs(); }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful stop. Second: exit at once.
+async fn watch_signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: draining (a second signal exits at once)");
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(130);
+}

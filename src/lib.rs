@@ -1,0 +1,23 @@
+//! tokenvault: a payment tokenization vault. Cards and bank accounts in over mutual
+//! TLS, opaque tokens out; raw data only envelope-encrypted at rest.
+//!
+//! See ARCHITECTURE.md for the module map and the request path.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod crypto;
+pub mod daemon;
+pub mod pki;
+pub mod secret;
+pub mod server;
+pub mod startup;
+pub mod store;
+pub mod tls;
+pub mod token;
+pub mod validate;
+pub mod vault;

@@ -1,0 +1,134 @@
+//! The accept loop: bounded connections, TLS handshake under a timeout, HTTP/1.1 or
+//! HTTP/2 by ALPN, and graceful shutdown (stop accepting, let in-flight requests
+//! finish within the grace period).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{self, AppState, Peer};
+use crate::config::Limits;
+use crate::tls::peer_identity;
+
+/// Serves until `shutdown` turns true, then drains for at most the grace period.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = state.limits.clone();
+    let acceptor = TlsAcceptor::from(tls);
+    let max = limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, _) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            serve_connection(tcp, acceptor, state, shutdown, &limits).await;
+            drop(permit);
+        });
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    let grace = Limits::ms(limits.shutdown_grace_ms);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with connections still open");
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: &Limits,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(
+        Limits::ms(limits.handshake_timeout_ms),
+        acceptor.accept(tcp),
+    )
+    .await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let identity = session.peer_certificates().and_then(peer_identity);
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let peer = Arc::new(Peer { identity });
+    let service = service_fn(move |request| api::handle(state.clone(), peer.clone(), request));
+    let io = TokioIo::new(stream);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_h2_streams)
+            .max_header_list_size(16 * 1024)
+            .keep_alive_interval(Some(Limits::ms(limits.idle_timeout_ms)))
+            .keep_alive_timeout(Limits::ms(limits.header_timeout_ms));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Limits::ms(limits.header_timeout_ms))
+            .max_buf_size(64 * 1024)
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Storage behind a narrow trait: the few operations the vault needs, nothing that
+//! names RocksDB. `rocks.rs` is the only file that imports `rocksdb`; `memory.rs` is
+//! an in-memory store for fast unit tests.
+
+mod memory;
+mod rocks;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+/// The tables (RocksDB column families) of the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `tenant \0 token` → record (public metadata + envelope).
+    Records,
+    /// `tenant \0 fingerprint` → token, for `reuse_existing`.
+    Fingerprints,
+    /// big-endian sequence number → audit entry.
+    Audit,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Records, Table::Fingerprints, Table::Audit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Records => "records",
+            Table::Fingerprints => "fingerprints",
+            Table::Audit => "audit",
+        }
+    }
+}
+
+/// One change in an atomic write: a put, or a delete when `value` is `None`.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub table: Table,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl WriteOp {
+    pub fn put(table: Table, key: Vec<u8>, value: Vec<u8>) -> Self {
+        WriteOp {
+            table,
+            key,
+            value: Some(value),
+        }
+    }
+
+    pub fn delete(table: Table, key: Vec<u8>) -> Self {
+        WriteOp {
+            table,
+            key,
+            value: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("a key that must be new already exists")]
+    Conflict,
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage could not be opened: {0}")]
+    Open(String),
+}
+
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies all `ops` atomically. With `sync`, the write-ahead log is on disk
+    /// before this returns.
+    fn write(&self, ops: &[WriteOp], sync: bool) -> Result<(), StoreError>;
+
+    /// The entry with the greatest key in `table`, found without a scan.
+    fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Up to `limit` entries with keys `>= from`, in key order.
+    fn scan_from(
+        &self,
+        table: Table,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+}

@@ -1,0 +1,260 @@
+//! IBAN (ISO 13616): normalisation, per-country length and the mod-97 check.
+//!
+//! The length table follows the SWIFT IBAN Registry as published in 2025
+//! (including the later additions LY, SD, RU, FK, OM, YE, SO, NI, MN, DJ, BI, HN).
+//! The registry moves: add a country by adding one row.
+
+use super::{Code, ValidationError};
+use crate::secret::Iban;
+
+const FIELD: &str = "bank_account.iban";
+
+/// Country code → total IBAN length.
+const LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BI", 27),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DJ", 27),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FK", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HN", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MN", 20),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NI", 28),
+    ("NL", 18),
+    ("NO", 15),
+    ("OM", 23),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("RU", 33),
+    ("SA", 24),
+    ("SC", 31),
+    ("SD", 18),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("SO", 23),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+    ("YE", 30),
+];
+
+/// The registry length of a country's IBANs, if the country uses IBAN.
+pub fn iban_country_length(country: &str) -> Option<usize> {
+    LENGTHS
+        .iter()
+        .find(|(code, _)| *code == country)
+        .map(|&(_, len)| len)
+}
+
+fn error(reason: &'static str, detail: &str) -> ValidationError {
+    ValidationError::new(Code::InvalidIban, FIELD, reason, detail)
+}
+
+/// Normalises an IBAN (ASCII spaces removed, letters upper-cased) and checks it:
+/// ASCII letters and digits only, a registry country, that country's length, check
+/// digits 02–98, and the mod-97 remainder 1. Returns the normalised IBAN and its
+/// country code.
+pub fn normalize_iban(raw: &str) -> Result<(Iban, String), ValidationError> {
+    let mut n = 0usize;
+    for b in raw.bytes() {
+        match b {
+            b' ' => {}
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' => n += 1,
+            _ => {
+                return Err(error(
+                    "chars",
+                    "bank_account.iban may contain only ASCII letters, digits and spaces",
+                ))
+            }
+        }
+    }
+    let mut normal = String::with_capacity(n);
+    normal.extend(
+        raw.chars()
+            .filter(|c| *c != ' ')
+            .map(|c| c.to_ascii_uppercase()),
+    );
+    let iban = Iban::new(normal.into_boxed_str());
+    let bytes = iban.expose_secret().as_bytes();
+    let country = match bytes {
+        [a, b, c, d, ..]
+            if a.is_ascii_alphabetic()
+                && b.is_ascii_alphabetic()
+                && c.is_ascii_digit()
+                && d.is_ascii_digit() =>
+        {
+            String::from_utf8_lossy(&[*a, *b]).into_owned()
+        }
+        _ => {
+            return Err(error(
+                "format",
+                "bank_account.iban must start with a country code and two check digits",
+            ))
+        }
+    };
+    let Some(expected) = iban_country_length(&country) else {
+        return Err(error(
+            "country",
+            "bank_account.iban has an unknown country code",
+        ));
+    };
+    if bytes.len() != expected {
+        return Err(error(
+            "length",
+            "bank_account.iban does not have its country's registry length",
+        ));
+    }
+    let check = bytes.get(2..4).unwrap_or_default();
+    if check == b"00" || check == b"01" || check == b"99" {
+        return Err(error(
+            "checksum",
+            "bank_account.iban fails the mod-97 check",
+        ));
+    }
+    if mod97(bytes) != 1 {
+        return Err(error(
+            "checksum",
+            "bank_account.iban fails the mod-97 check",
+        ));
+    }
+    Ok((iban, country))
+}
+
+/// The ISO 7064 MOD 97-10 remainder of the IBAN with its first four characters
+/// moved to the end and letters expanded to 10–35, computed digit by digit.
+fn mod97(iban: &[u8]) -> u32 {
+    let (head, tail) = iban.split_at(4.min(iban.len()));
+    let mut rem = 0u32;
+    for &b in tail.iter().chain(head) {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            _ => u32::from(b.to_ascii_uppercase() - b'A') + 10,
+        };
+        rem = if value >= 10 {
+            (rem * 100 + value) % 97
+        } else {
+            (rem * 10 + value) % 97
+        };
+    }
+    rem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str) -> Result<(String, String), &'static str> {
+        normalize_iban(raw)
+            .map(|(i, c)| (i.expose_secret().to_owned(), c))
+            .map_err(|e| e.reason)
+    }
+
+    #[test]
+    fn case_and_spacing_normalise_to_one_account() {
+        for raw in [
+            "gb82west12345698765432",
+            "GB82 WEST 1234 5698 7654 32",
+            " GB82WEST12345698765432 ",
+            "GB82WEST12345698765432",
+        ] {
+            assert_eq!(
+                check(raw),
+                Ok(("GB82WEST12345698765432".to_owned(), "GB".to_owned())),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_registry_countries() {
+        for raw in [
+            "LY83002048000020100120361",
+            "SD2129010501234001",
+            "RU0304452522540817810538091310419",
+            "FK88SC123456789012",
+            "OM810180000001299123456",
+            "YE15CBYE0001018861234567891234",
+            "NO9386011117947",
+            "LC55HEMM000100010012001200023015",
+        ] {
+            assert!(check(raw).is_ok(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejections_name_the_rule() {
+        assert_eq!(check("RU030445252254081781053809131041"), Err("length"));
+        assert_eq!(check("DE8937040044053201300"), Err("length"));
+        assert_eq!(check("DE89370400440532013001"), Err("checksum"));
+        assert_eq!(check("XX89370400440532013000"), Err("country"));
+        assert_eq!(check("DE89-3704-0044-0532-0130-00"), Err("chars"));
+        assert_eq!(check("FI21 1234-5600 0007?85"), Err("chars"));
+        assert_eq!(check("GB82WEST1234569876543２"), Err("chars"));
+        assert_eq!(check(""), Err("format"));
+        assert_eq!(check("D"), Err("format"));
+    }
+}

@@ -1,0 +1,214 @@
+//! The stored record: public metadata, then the sealed envelope.
+//!
+//! Value layout (record format 1), integers big-endian:
+//!
+//! ```text
+//! [0]          record format version (1)
+//! [1..5]       length N of the header
+//! [5..5+N]     header: JSON of `StoredHeader` (public metadata only)
+//! [5+N..]      envelope (see crypto::envelope)
+//! ```
+//!
+//! The envelope's payload is a list of (tag u8, length u16, bytes) fields holding
+//! the secret values (PAN, IBAN, account number, holder name, address). It is built
+//! in a buffer allocated once at its final size.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::input::AccountType;
+use crate::crypto::Envelope;
+
+pub const RECORD_FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardMeta {
+    pub brand: String,
+    pub bin: String,
+    pub last4: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BankMeta {
+    pub country: Option<String>,
+    pub last4: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub routing_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub account_type: Option<AccountType>,
+    pub fingerprint: String,
+}
+
+/// A token's public metadata: what `GET /v1/tokens/{token}` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub token: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub tenant: String,
+    pub customer: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub card: Option<CardMeta>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bank_account: Option<BankMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredHeader {
+    record_type: u8,
+    expires_unix: Option<i64>,
+    meta: Metadata,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub record_type: u8,
+    pub expires_unix: Option<i64>,
+    pub meta: Metadata,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stored record is malformed")]
+pub struct MalformedRecord;
+
+impl StoredRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&StoredHeader {
+            record_type: self.record_type,
+            expires_unix: self.expires_unix,
+            meta: self.meta.clone(),
+        })
+        .unwrap_or_default();
+        let mut out = Vec::with_capacity(5 + header.len() + self.envelope.0.len());
+        out.push(RECORD_FORMAT);
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.envelope.0);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<StoredRecord, MalformedRecord> {
+        let (&format, rest) = bytes.split_first().ok_or(MalformedRecord)?;
+        if format != RECORD_FORMAT || rest.len() < 4 {
+            return Err(MalformedRecord);
+        }
+        let (len, rest) = rest.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| MalformedRecord)?) as usize;
+        if rest.len() < len {
+            return Err(MalformedRecord);
+        }
+        let (header, envelope) = rest.split_at(len);
+        let header: StoredHeader = serde_json::from_slice(header).map_err(|_| MalformedRecord)?;
+        Ok(StoredRecord {
+            record_type: header.record_type,
+            expires_unix: header.expires_unix,
+            meta: header.meta,
+            envelope: Envelope(envelope.to_vec()),
+        })
+    }
+
+    pub fn is_expired(&self, now_unix: i64) -> bool {
+        self.expires_unix.is_some_and(|at| now_unix >= at)
+    }
+}
+
+/// `tenant \0 token`: tenants cannot contain NUL (config validation).
+pub fn record_key(tenant: &str, token: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 1 + token.len());
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.extend_from_slice(token.as_bytes());
+    key
+}
+
+/// `tenant \0 fingerprint`.
+pub fn fingerprint_key(tenant: &str, fingerprint: &str) -> Vec<u8> {
+    record_key(tenant, fingerprint)
+}
+
+/// Encodes payload fields into one exact-sized buffer.
+pub fn encode_payload(fields: &[(u8, &[u8])]) -> Zeroizing<Vec<u8>> {
+    let size = fields.iter().map(|(_, v)| 3 + v.len()).sum();
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    for (tag, value) in fields {
+        out.push(*tag);
+        let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(value.get(..usize::from(len)).unwrap_or_default());
+    }
+    out
+}
+
+/// Splits a decrypted payload into its fields, borrowing from it.
+pub fn decode_payload(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, MalformedRecord> {
+    let mut fields = Vec::new();
+    let mut rest = bytes;
+    while let Some((&tag, tail)) = rest.split_first() {
+        if tail.len() < 2 {
+            return Err(MalformedRecord);
+        }
+        let (len, tail) = tail.split_at(2);
+        let len = usize::from(u16::from_be_bytes([
+            len.first().copied().unwrap_or(0),
+            len.get(1).copied().unwrap_or(0),
+        ]));
+        if tail.len() < len {
+            return Err(MalformedRecord);
+        }
+        let (value, tail) = tail.split_at(len);
+        fields.push((tag, value));
+        rest = tail;
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip_and_truncation() {
+        let fields: Vec<(u8, &[u8])> = vec![(1, b"4111111111111111"), (2, b"A. Example"), (3, b"")];
+        let bytes = encode_payload(&fields);
+        assert_eq!(bytes.len(), bytes.capacity());
+        assert_eq!(decode_payload(&bytes).ok(), Some(fields));
+        for cut in 1..bytes.len() {
+            let _ = decode_payload(bytes.get(..cut).unwrap_or_default());
+        }
+        assert!(decode_payload(&[1, 0]).is_err());
+        assert!(decode_payload(&[1, 0, 5, 1]).is_err());
+    }
+
+    #[test]
+    fn record_round_trip_and_garbage() {
+        let record = StoredRecord {
+            record_type: 1,
+            expires_unix: Some(10),
+            meta: Metadata {
+                token: "tok_x".into(),
+                kind: "card".into(),
+                tenant: "t".into(),
+                customer: None,
+                created_at: "now".into(),
+                expires_at: None,
+                card: None,
+                bank_account: None,
+            },
+            envelope: Envelope(vec![1, 2, 3]),
+        };
+        let decoded = StoredRecord::decode(&record.encode());
+        assert!(decoded
+            .as_ref()
+            .is_ok_and(|r| r.meta == record.meta && r.envelope == record.envelope));
+        assert!(decoded.is_ok_and(|r| r.is_expired(10) && !r.is_expired(9)));
+        for bad in [&[][..], &[1], &[1, 0, 0, 0, 9], &[2, 0, 0, 0, 0]] {
+            assert!(StoredRecord::decode(bad).is_err());
+        }
+    }
+}

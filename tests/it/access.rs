@@ -1,0 +1,181 @@
+//! Who may connect and who may do what: handshake refusals, role refusals, unknown
+//! identities and unknown tokens.
+
+use http::Method;
+use tokenvault::client::{Client, ClientTls};
+use tokenvault::pki::{Ca, LeafSpec};
+
+use crate::harness::{card_body, detokenize, get, post, TestVault};
+
+async fn token(vault: &TestVault) -> String {
+    let mut checkout = vault.client("checkout").await;
+    let reply = post(
+        &mut checkout,
+        "/v1/tokens",
+        &card_body("4111111111111111", None),
+    )
+    .await;
+    reply.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// A connection attempt must fail during the handshake or on the first request
+/// (TLS 1.3 reports the server's refusal of a client certificate after the
+/// client's side of the handshake has finished).
+async fn refused(vault: &TestVault, tls: ClientTls) {
+    match Client::connect(vault.addr, tls.config().unwrap()).await {
+        Err(_) => {}
+        Ok(mut client) => {
+            let reply = client.request(Method::GET, "/healthz", None).await;
+            assert!(
+                reply.is_err(),
+                "request on a refused connection answered: {reply:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn handshake_without_client_certificate_is_refused() {
+    let vault = TestVault::start();
+    let mut tls = vault.pki.tls("checkout");
+    tls.identity = None;
+    refused(&vault, tls).await;
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let vault = TestVault::start();
+    let other = Ca::new("someone else's CA").unwrap();
+    let leaf = other
+        .issue(&LeafSpec::client(
+            "checkout",
+            Some("spiffe://test/checkout"),
+        ))
+        .unwrap();
+    let mut tls = vault.pki.tls("checkout");
+    tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
+    refused(&vault, tls).await;
+}
+
+#[tokio::test]
+async fn roles_are_enforced() {
+    let vault = TestVault::start();
+    let token = token(&vault).await;
+    let mut gateway = vault.client("gateway").await;
+    let mut checkout = vault.client("checkout").await;
+    let mut security = vault.client("security").await;
+
+    let reply = post(
+        &mut gateway,
+        "/v1/tokens",
+        &card_body("4242424242424242", None),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.json()["type"], "forbidden");
+    assert_eq!(detokenize(&mut checkout, &token).await.status, 403);
+    assert_eq!(detokenize(&mut security, &token).await.status, 403);
+    assert_eq!(
+        get(&mut security, &format!("/v1/tokens/{token}"))
+            .await
+            .status,
+        403
+    );
+    let delete = gateway
+        .request(Method::DELETE, &format!("/v1/tokens/{token}"), None)
+        .await
+        .unwrap();
+    assert_eq!(delete.status, 403);
+    // The refusals changed nothing.
+    assert_eq!(detokenize(&mut gateway, &token).await.status, 200);
+}
+
+#[tokio::test]
+async fn unknown_identity_is_forbidden_and_health_is_open() {
+    let vault = TestVault::start();
+    let mut stranger = vault.client("stranger").await;
+    assert_eq!(get(&mut stranger, "/healthz").await.status, 200);
+    let reply = post(
+        &mut stranger,
+        "/v1/tokens",
+        &card_body("4111111111111111", None),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.json()["reason"], "unknown_identity");
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_tokens_are_404() {
+    let vault = TestVault::start();
+    let mut gateway = vault.client("gateway").await;
+    for t in [
+        "tok_AAAAAAAAAAAAAAAAAAAAAAAA",
+        "tok_x",
+        "4111111111111112",
+        "%00",
+        "4111111111111111",
+    ] {
+        let reply = detokenize(&mut gateway, t).await;
+        assert_eq!(reply.status, 404, "{t}");
+        assert_eq!(reply.json()["type"], "not_found");
+        let reply = get(&mut gateway, &format!("/v1/tokens/{t}")).await;
+        assert_eq!(reply.status, 404, "{t}");
+    }
+    let reply = get(&mut gateway, "/v2/nothing").await;
+    assert_eq!(reply.status, 404);
+}
+
+#[tokio::test]
+async fn wrong_method_and_media_type() {
+    let vault = TestVault::start();
+    let mut checkout = vault.client("checkout").await;
+    let reply = checkout
+        .request(Method::PUT, "/v1/tokens", Some(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.headers["allow"], "POST");
+    let reply = checkout
+        .request_with(
+            Method::POST,
+            "/v1/tokens",
+            Some(b"{}"),
+            &[("content-type", "text/plain")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 415);
+    let reply = post(&mut checkout, "/v1/tokens", "{\"card\":").await;
+    assert_eq!(
+        (reply.status, reply.json()["type"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let reply = post(&mut checkout, "/v1/tokens", r#"{"colour":"red","card":{}}"#).await;
+    assert_eq!(
+        (reply.status, reply.json()["field"].as_str()),
+        (400, Some("colour"))
+    );
+}
+
+#[tokio::test]
+async fn alpn_selects_http2_or_http1() {
+    let vault = TestVault::start();
+    let mut tls = vault.pki.tls("checkout");
+    let h2 = Client::connect(vault.addr, tls.config().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn(), Some(&b"h2"[..]));
+    tls.alpn = vec![b"http/1.1".to_vec()];
+    let mut h1 = Client::connect(vault.addr, tls.config().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(h1.alpn(), Some(&b"http/1.1"[..]));
+    assert_eq!(get(&mut h1, "/healthz").await.status, 200);
+    // A client offering only an unknown protocol is refused by the handshake
+    // (rustls answers no_application_protocol).
+    tls.alpn = vec![b"spdy/3".to_vec()];
+    assert!(Client::connect(vault.addr, tls.config().unwrap())
+        .await
+        .is_err());
+}

@@ -1,0 +1,287 @@
+//! The test harness: a real daemon process on a loopback port with a generated PKI,
+//! a temporary data directory and keyring, and mTLS clients by identity.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokenvault::client::{Client, ClientTls, Reply};
+use tokenvault::pki::{Ca, LeafSpec};
+
+pub const PASSPHRASE: &str = "integration-test passphrase, not a secret";
+
+/// A PKI for tests: a root CA whose key is kept, so tests can issue any leaf.
+pub struct TestPki {
+    pub ca: Ca,
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        let ca = Ca::new("tokenvault test CA").expect("test CA");
+        let dir = dir.join("pki");
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca");
+        let server = ca
+            .issue(&LeafSpec::localhost_server())
+            .expect("server cert");
+        std::fs::write(dir.join("server.pem"), &server.cert_pem).expect("write");
+        std::fs::write(dir.join("server.key"), server.key_pem.as_bytes()).expect("write");
+        TestPki { ca, dir }
+    }
+
+    /// Issues a client leaf and writes `<name>.pem`/`<name>.key`.
+    pub fn issue(&self, name: &str, spec: &LeafSpec) {
+        let leaf = self.ca.issue(spec).expect("client cert");
+        std::fs::write(self.dir.join(format!("{name}.pem")), &leaf.cert_pem).expect("write");
+        std::fs::write(
+            self.dir.join(format!("{name}.key")),
+            leaf.key_pem.as_bytes(),
+        )
+        .expect("write");
+    }
+
+    pub fn tls(&self, name: &str) -> ClientTls {
+        ClientTls::from_files(
+            &self.dir.join("ca.pem"),
+            &self.dir.join(format!("{name}.pem")),
+            &self.dir.join(format!("{name}.key")),
+        )
+        .expect("client files")
+    }
+}
+
+/// The standard identities of the tests: (file name, SAN URI, roles, tenants).
+pub const IDENTITIES: &[(&str, &str, &str, &str)] = &[
+    (
+        "checkout",
+        "spiffe://test/checkout",
+        r#"["tokenize"]"#,
+        r#"["shop"]"#,
+    ),
+    (
+        "gateway",
+        "spiffe://test/gateway",
+        r#"["detokenize"]"#,
+        r#"["shop"]"#,
+    ),
+    (
+        "security",
+        "spiffe://test/security",
+        r#"["keys", "audit"]"#,
+        r#"["shop"]"#,
+    ),
+];
+
+pub struct TestVault {
+    pub root: tempfile::TempDir,
+    pub pki: TestPki,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl TestVault {
+    /// Generates a PKI, a config with the standard identities and a keyring, and
+    /// starts the daemon on 127.0.0.1:0.
+    pub fn start() -> TestVault {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::new(root.path());
+        let mut clients = String::new();
+        for (name, uri, roles, tenants) in IDENTITIES {
+            pki.issue(name, &LeafSpec::client(name, Some(uri)));
+            clients.push_str(&format!(
+                "[[clients]]\nidentity = \"{uri}\"\nroles = {roles}\ntenants = {tenants}\n\n"
+            ));
+        }
+        // A valid certificate from the same CA whose identity is not configured.
+        pki.issue(
+            "stranger",
+            &LeafSpec::client("stranger", Some("spiffe://test/stranger")),
+        );
+        let p = |name: &str| pki.dir.join(name).display().to_string();
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}",
+            data = root.path().join("data").display(),
+            keyring = root.path().join("keyring.sealed").display(),
+            cert = p("server.pem"),
+            key = p("server.key"),
+            ca = p("ca.pem"),
+        );
+        std::fs::write(root.path().join("tokenvault.toml"), config).expect("config");
+        let status = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(["init", "--keyring"])
+            .arg(root.path().join("keyring.sealed"))
+            .env("TOKENVAULT_PASSPHRASE", PASSPHRASE)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run init");
+        assert!(status.success(), "tokenvault init failed");
+        let mut vault = TestVault {
+            root,
+            pki,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            runs: 0,
+        };
+        vault.launch();
+        vault
+    }
+
+    fn launch(&mut self) {
+        self.runs += 1;
+        let out = self.root.path().join(format!("daemon-{}.out", self.runs));
+        let err = self.root.path().join(format!("daemon-{}.err", self.runs));
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(["serve", "--config"])
+            .arg(self.root.path().join("tokenvault.toml"))
+            .current_dir(self.root.path())
+            .env("TV_TEST_PASSPHRASE", PASSPHRASE)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("spawn daemon");
+        self.child = Some(child);
+        self.addr = wait_for_listening(&out, &err, Duration::from_secs(120));
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn restart_after_kill(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    pub async fn client(&self, name: &str) -> Client {
+        let tls = self.pki.tls(name);
+        Client::connect(self.addr, tls.config().expect("client config"))
+            .await
+            .expect("connect")
+    }
+
+    /// Everything the daemon printed, over all its runs.
+    pub fn output(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for run in 1..=self.runs {
+            for ext in ["out", "err"] {
+                let path = self.root.path().join(format!("daemon-{run}.{ext}"));
+                all.extend(std::fs::read(path).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+}
+
+impl Drop for TestVault {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_for_listening(out: &Path, err: &Path, limit: Duration) -> SocketAddr {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(rest) = text.split("listening on https://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            return addr.parse().expect("listening address");
+        }
+        if started.elapsed() > limit {
+            panic!(
+                "daemon did not start: {}",
+                std::fs::read_to_string(err)
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file below `dir`, read whole.
+pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+pub fn card_body(number: &str, cvc: Option<&str>) -> String {
+    let cvc = cvc.map(|c| format!(r#","cvc":"{c}""#)).unwrap_or_default();
+    format!(
+        r#"{{"card":{{"number":"{number}","exp_month":12,"exp_year":2031,"holder_name":"A. Example"{cvc}}}}}"#
+    )
+}
+
+pub async fn post(client: &mut Client, path: &str, body: &str) -> Reply {
+    client
+        .request(http::Method::POST, path, Some(body.as_bytes()))
+        .await
+        .expect("request")
+}
+
+pub async fn get(client: &mut Client, path: &str) -> Reply {
+    client
+        .request(http::Method::GET, path, None)
+        .await
+        .expect("request")
+}
+
+pub async fn detokenize(client: &mut Client, token: &str) -> Reply {
+    client
+        .request(
+            http::Method::POST,
+            &format!("/v1/tokens/{token}/detokenize"),
+            None,
+        )
+        .await
+        .expect("request")
+}
+
+/// Reads a CSV fixture (simple: quoted fields only for the empty string).
+pub fn fixture(name: &str) -> Vec<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(path).expect("fixture");
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split(',')
+                .map(|f| f.trim_matches('"').to_owned())
+                .collect()
+        })
+        .collect()
+}
