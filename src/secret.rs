@@ -87,22 +87,6 @@ impl std::fmt::Debug for KeyBytes {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_never_shows_the_value() {
-        let pan = Pan::copy_from("4111111111111111");
-        let key = KeyBytes::new([7u8; 32]);
-        let shown = format!("{pan:?} {key:?} {:?}", Cvc::copy_from("123"));
-        assert!(!shown.contains("4111"));
-        assert!(!shown.contains("123"));
-        assert!(!shown.contains('7'));
-        assert_eq!(pan.expose_secret(), "4111111111111111");
-    }
-}
-
 /// Raw secret text as it arrives in a request, before validation. Deserialises from
 /// a JSON string only; a wrong type is reported without the value, and the text is
 /// copied once into an exact-sized allocation.
@@ -133,5 +117,21 @@ impl<'de> serde::Deserialize<'de> for SecretInput {
             }
         }
         deserializer.deserialize_str(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let pan = Pan::copy_from("4111111111111111");
+        let key = KeyBytes::new([7u8; 32]);
+        let shown = format!("{pan:?} {key:?} {:?}", Cvc::copy_from("123"));
+        assert!(!shown.contains("4111"));
+        assert!(!shown.contains("123"));
+        assert!(!shown.contains('7'));
+        assert_eq!(pan.expose_secret(), "4111111111111111");
     }
 }

@@ -189,11 +189,13 @@ async fn dispatch(
         (Route::Unknown, _) => return Err(ApiError::NotFound),
         _ => {}
     }
-    let allowed = match (route, &method) {
-        (Route::Tokens, &Method::POST) | (Route::Detokenize(_), &Method::POST) => true,
-        (Route::Token(_), &Method::GET) | (Route::Token(_), &Method::DELETE) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (route, &method),
+        (Route::Tokens, &Method::POST)
+            | (Route::Detokenize(_), &Method::POST)
+            | (Route::Token(_), &Method::GET)
+            | (Route::Token(_), &Method::DELETE)
+    );
     if !allowed {
         return Err(ApiError::MethodNotAllowed {
             allow: route.allow(),

@@ -301,7 +301,7 @@ impl Keyring {
             };
             versions.insert(version, KekVersion::new(version, state, created_at, key));
         }
-        if !r.0.is_empty() || !versions.get(&active).is_some_and(|v| v.cipher.is_some()) {
+        if !r.0.is_empty() || versions.get(&active).is_none_or(|v| v.cipher.is_none()) {
             return Err(BAD);
         }
         Ok(Keyring {

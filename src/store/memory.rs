@@ -5,9 +5,11 @@ use std::sync::Mutex;
 
 use super::{KeyValue, Store, StoreError, Table, WriteOp};
 
+type Tables = HashMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 #[derive(Default)]
 pub struct MemoryStore {
-    tables: Mutex<HashMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryStore {
@@ -15,10 +17,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>, StoreError>
-    {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StoreError> {
         self.tables
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))

@@ -22,7 +22,11 @@ async fn token(vault: &TestVault) -> String {
 /// (TLS 1.3 reports the server's refusal of a client certificate after the
 /// client's side of the handshake has finished).
 async fn refused(vault: &TestVault, tls: ClientTls) {
-    match Client::connect(vault.addr, tls.config().unwrap()).await {
+    refused_config(vault, tls.config().unwrap()).await;
+}
+
+async fn refused_config(vault: &TestVault, config: std::sync::Arc<rustls::ClientConfig>) {
+    match Client::connect(vault.addr, config).await {
         Err(_) => {}
         Ok(mut client) => {
             let reply = client.request(Method::GET, "/healthz", None).await;
@@ -178,4 +182,117 @@ async fn alpn_selects_http2_or_http1() {
     assert!(Client::connect(vault.addr, tls.config().unwrap())
         .await
         .is_err());
+}
+
+/// F15: extended key usage and chain order of client certificates.
+#[tokio::test]
+async fn client_certificate_purpose_and_chain() {
+    use tokenvault::pki::Usage;
+    let vault = TestVault::start();
+    let uri = "spiffe://test/checkout";
+    let with = |cert: String, key: &[u8]| {
+        let mut tls = vault.pki.tls("checkout");
+        tls.identity = Some((cert.into_bytes(), key.to_vec()));
+        tls
+    };
+    let accepted = |tls: ClientTls| async move {
+        let mut client = Client::connect(vault.addr, tls.config().unwrap())
+            .await
+            .unwrap();
+        let reply = post(
+            &mut client,
+            "/v1/tokens",
+            &card_body("4111111111111111", None),
+        )
+        .await;
+        assert_eq!(reply.status, 201);
+    };
+
+    for (usage, ok) in [
+        (Usage::Client, true),
+        (Usage::ClientAndServer, true),
+        (Usage::Unrestricted, true),
+        (Usage::Server, false),
+    ] {
+        let mut spec = LeafSpec::client("checkout", Some(uri));
+        spec.usage = usage;
+        let leaf = vault.pki.ca.issue(&spec).unwrap();
+        let tls = with(leaf.cert_pem, leaf.key_pem.as_bytes());
+        if ok {
+            accepted(tls).await;
+        } else {
+            refused(&vault, tls).await;
+        }
+    }
+
+    let intermediate = vault.pki.ca.intermediate("test intermediate").unwrap();
+    let leaf = intermediate
+        .issue(&LeafSpec::client("checkout", Some(uri)))
+        .unwrap();
+    let key = leaf.key_pem.as_bytes().to_vec();
+    accepted(with(
+        format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
+        &key,
+    ))
+    .await;
+    refused(&vault, with(leaf.cert_pem.clone(), &key)).await;
+    // rustls's own client refuses to send a chain whose first certificate does not
+    // match the key, so present one through a resolver that skips that check.
+    let reversed = format!("{}{}", intermediate.cert_pem(), leaf.cert_pem);
+    refused_config(&vault, raw_chain_config(&vault, &reversed, &key)).await;
+}
+
+#[derive(Debug)]
+struct FixedCert(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client config presenting `chain_pem` as is, signing with `key_pem`.
+fn raw_chain_config(
+    vault: &TestVault,
+    chain_pem: &str,
+    key_pem: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = tokenvault::tls::provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_slice(key_pem).unwrap())
+        .unwrap();
+    let certified = std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, key));
+    let roots = tokenvault::tls::load_roots(&vault.pki.dir.join("ca.pem")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(std::sync::Arc::new(FixedCert(certified)));
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_refused() {
+    let vault = TestVault::start();
+    let mut spec = LeafSpec::client("checkout", Some("spiffe://test/checkout"));
+    spec.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    spec.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let leaf = vault.pki.ca.issue(&spec).unwrap();
+    let mut tls = vault.pki.tls("checkout");
+    tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
+    refused(&vault, tls).await;
 }

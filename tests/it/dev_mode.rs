@@ -22,6 +22,8 @@ impl Drop for Dev {
     }
 }
 
+// The child is reaped by `Dev`'s `Drop`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn start(dir: &std::path::Path, run: u32) -> Dev {
     let out = dir.join(format!("dev-{run}.out"));
     let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
