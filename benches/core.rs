@@ -7,18 +7,12 @@ use std::hint::black_box;
 use tokenvault::crypto::{fingerprint, open, seal, Keyring, RecordAad};
 use tokenvault::secret::KeyBytes;
 use tokenvault::token::Token;
-use tokenvault::validate::{
-    detect_brand, luhn_valid, normalize_iban, normalize_pan, validate_routing_number,
-};
+use tokenvault::validate::{detect_brand, luhn_valid, normalize_iban, normalize_pan, validate_routing_number};
 
 fn validation(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate");
-    g.bench_function("luhn_16", |b| {
-        b.iter(|| luhn_valid(black_box(b"4111111111111111")))
-    });
-    g.bench_function("brand", |b| {
-        b.iter(|| detect_brand(black_box(b"4011780000000006")))
-    });
+    g.bench_function("luhn_16", |b| b.iter(|| luhn_valid(black_box(b"4111111111111111"))));
+    g.bench_function("brand", |b| b.iter(|| detect_brand(black_box(b"4011780000000006"))));
     g.bench_function("normalize_pan", |b| {
         b.iter(|| normalize_pan(black_box("4242 4242 4242 4242")).is_ok())
     });
@@ -36,9 +30,7 @@ fn keyed(c: &mut Criterion) {
     c.bench_function("fingerprint", |b| {
         b.iter(|| fingerprint(&key, "shop", "card", black_box(b"4111111111111111")))
     });
-    c.bench_function("token_opaque", |b| {
-        b.iter(|| Token::generate_opaque().unwrap())
-    });
+    c.bench_function("token_opaque", |b| b.iter(|| Token::generate_opaque().unwrap()));
     c.bench_function("token_numeric", |b| {
         b.iter(|| Token::generate_numeric(black_box("4111111111111111")).unwrap())
     });

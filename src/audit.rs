@@ -99,12 +99,7 @@ pub fn seq_key(seq: u64) -> Vec<u8> {
 }
 
 /// Places `event` after `head`, returning the stored bytes and the new head.
-pub fn chain(
-    key: &KeyBytes,
-    head: ChainHead,
-    event: &AuditEvent,
-    time: String,
-) -> (Vec<u8>, ChainHead) {
+pub fn chain(key: &KeyBytes, head: ChainHead, event: &AuditEvent, time: String) -> (Vec<u8>, ChainHead) {
     let body = EntryBody {
         seq: head.seq + 1,
         time,
@@ -118,18 +113,9 @@ pub fn chain(
     };
     let canonical = serde_json::to_vec(&body).unwrap_or_default();
     let mac = audit_mac(key, &head.mac, &canonical);
-    let entry = AuditEntry {
-        body,
-        mac: hex(&mac),
-    };
+    let entry = AuditEntry { body, mac: hex(&mac) };
     let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-    (
-        bytes,
-        ChainHead {
-            seq: head.seq + 1,
-            mac,
-        },
-    )
+    (bytes, ChainHead { seq: head.seq + 1, mac })
 }
 
 /// Reads the chain head back from a stored last entry.
@@ -178,8 +164,7 @@ impl<'k> Verifier<'k> {
             first_bad_seq: Some(expected),
             reason: Some(reason),
         };
-        let entry: AuditEntry =
-            serde_json::from_slice(bytes).map_err(|_| bad("entry is not readable"))?;
+        let entry: AuditEntry = serde_json::from_slice(bytes).map_err(|_| bad("entry is not readable"))?;
         if stored_key != seq_key(entry.body.seq).as_slice() {
             return Err(bad("entry is stored under another sequence number"));
         }

@@ -43,12 +43,7 @@ pub struct ClientTable(HashMap<String, Client>);
 
 impl ClientTable {
     pub fn new(clients: Vec<Client>) -> Self {
-        ClientTable(
-            clients
-                .into_iter()
-                .map(|c| (c.identity.clone(), c))
-                .collect(),
-        )
+        ClientTable(clients.into_iter().map(|c| (c.identity.clone(), c)).collect())
     }
 
     pub fn find(&self, identity: &str) -> Option<&Client> {
@@ -91,6 +86,8 @@ permission!(Tokenize, "tokenize", Tokenize);
 permission!(Detokenize, "detokenize", Detokenize);
 permission!(ReadMetadata, "read_metadata", Tokenize | Detokenize);
 permission!(Delete, "delete", Tokenize);
+permission!(Update, "update", Tokenize);
+permission!(ReadWallet, "read_wallet", Tokenize);
 permission!(ManageKeys, "manage_keys", Keys);
 permission!(ReadKeys, "read_keys", Keys | Audit);
 permission!(ReadAudit, "read_audit", Audit);
@@ -124,10 +121,7 @@ impl Authorized<Tokenize> {
 /// Checks that `client` holds a role granting `P`. With `tenant` named, the proof
 /// covers that tenant only (and it must be one of the client's); without, it covers
 /// all of the client's tenants.
-pub fn authorize<P: Permission>(
-    client: &Client,
-    tenant: Option<&str>,
-) -> Result<Authorized<P>, AuthError> {
+pub fn authorize<P: Permission>(client: &Client, tenant: Option<&str>) -> Result<Authorized<P>, AuthError> {
     if !client.roles.iter().any(|r| P::granted_by(*r)) {
         return Err(AuthError::RoleNotAllowed);
     }
@@ -145,10 +139,7 @@ pub fn authorize<P: Permission>(
 
 /// Like `authorize`, for an operation that writes into exactly one tenant: the named
 /// one, or the client's only tenant.
-pub fn authorize_single<P: Permission>(
-    client: &Client,
-    tenant: Option<&str>,
-) -> Result<Authorized<P>, AuthError> {
+pub fn authorize_single<P: Permission>(client: &Client, tenant: Option<&str>) -> Result<Authorized<P>, AuthError> {
     let proof = authorize::<P>(client, tenant)?;
     if proof.tenants.len() != 1 {
         return Err(AuthError::TenantRequired);
@@ -200,15 +191,9 @@ mod tests {
             Some(AuthError::TenantNotAllowed)
         );
         let proof = authorize_single::<Tokenize>(&two, Some("b"));
-        assert_eq!(
-            proof.map(|p| p.tenant().to_owned()).ok().as_deref(),
-            Some("b")
-        );
+        assert_eq!(proof.map(|p| p.tenant().to_owned()).ok().as_deref(), Some("b"));
         let one = client(&[Role::Tokenize], &["a"]);
         let proof = authorize_single::<Tokenize>(&one, None);
-        assert_eq!(
-            proof.map(|p| p.tenant().to_owned()).ok().as_deref(),
-            Some("a")
-        );
+        assert_eq!(proof.map(|p| p.tenant().to_owned()).ok().as_deref(), Some("a"));
     }
 }

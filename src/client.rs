@@ -40,11 +40,7 @@ pub struct ClientTls {
 
 impl ClientTls {
     /// Reads CA, certificate and key files.
-    pub fn from_files(
-        ca: &std::path::Path,
-        cert: &std::path::Path,
-        key: &std::path::Path,
-    ) -> std::io::Result<Self> {
+    pub fn from_files(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
         Ok(ClientTls {
             ca_pem: std::fs::read(ca)?,
             identity: Some((std::fs::read(cert)?, std::fs::read(key)?)),
@@ -68,9 +64,7 @@ impl ClientTls {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| bad(&e))?;
                 let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(&e))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| bad(&e))?
+                builder.with_client_auth_cert(chain, key).map_err(|e| bad(&e))?
             }
             None => builder.with_no_client_auth(),
         };
@@ -112,14 +106,10 @@ pub struct Client {
 impl Client {
     /// Connects and completes the TLS handshake; the server must present a
     /// certificate for `localhost` signed by the CA.
-    pub async fn connect(
-        addr: SocketAddr,
-        config: Arc<ClientConfig>,
-    ) -> Result<Client, ClientError> {
+    pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Client, ClientError> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let name =
-            ServerName::try_from("localhost").map_err(|e| ClientError::Material(e.to_string()))?;
+        let name = ServerName::try_from("localhost").map_err(|e| ClientError::Material(e.to_string()))?;
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let io = TokioIo::new(tls);
@@ -144,12 +134,7 @@ impl Client {
         self.alpn.as_deref()
     }
 
-    pub async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Reply, ClientError> {
+    pub async fn request(&mut self, method: Method, path: &str, body: Option<&[u8]>) -> Result<Reply, ClientError> {
         self.request_with(method, path, body, &[]).await
     }
 
@@ -162,14 +147,10 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let mut builder = Request::builder().method(method);
         builder = match self.sender {
-            Sender::H1(_) => builder
-                .uri(path)
-                .header(http::header::HOST, &self.authority),
+            Sender::H1(_) => builder.uri(path).header(http::header::HOST, &self.authority),
             Sender::H2(_) => builder.uri(format!("https://{}{path}", self.authority)),
         };
-        let sets_type = headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        let sets_type = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
         if body.is_some() && !sets_type {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -190,10 +171,6 @@ impl Client {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply { status, headers, body })
     }
 }

@@ -7,7 +7,7 @@
 //! is durable and a record never exists without its audit entry. Because one thread
 //! owns the chain head, the audit chain needs no lock and is ordered by commit order.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,14 +23,41 @@ use crate::store::{Store, StoreError, Table, WriteOp};
 const MAX_JOBS_PER_BATCH: usize = 2048;
 const QUEUE: usize = 8192;
 
-/// One request's share of a batch: its changes, its audit events, and keys that
-/// must not exist yet (checked by the writer against the store and the rest of the
-/// batch, so two concurrent inserts of one key cannot both succeed).
+/// A precondition: `key` in `table` must currently hold `value` (`None`: absent).
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub table: Table,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Expect {
+    pub fn absent(table: Table, key: Vec<u8>) -> Self {
+        Expect {
+            table,
+            key,
+            value: None,
+        }
+    }
+
+    pub fn value(table: Table, key: Vec<u8>, value: Vec<u8>) -> Self {
+        Expect {
+            table,
+            key,
+            value: Some(value),
+        }
+    }
+}
+
+/// One request's share of a batch: its changes, its audit events, and its
+/// preconditions. The writer checks the preconditions against the store and the
+/// earlier changes of the same batch, so two concurrent inserts of one key, or a
+/// write based on a stale read, cannot both succeed: the loser gets `Conflict`.
 #[derive(Debug, Default)]
 pub struct Change {
     pub ops: Vec<WriteOp>,
     pub events: Vec<AuditEvent>,
-    pub absent: Vec<(Table, Vec<u8>)>,
+    pub expect: Vec<Expect>,
 }
 
 struct Job {
@@ -60,9 +87,9 @@ impl Committer {
         clock: Arc<dyn Clock>,
     ) -> Result<(Committer, JoinHandle<()>), StoreError> {
         let head = match store.last(Table::Audit)? {
-            Some((_, bytes)) => head_of(&bytes).ok_or_else(|| {
-                StoreError::Unavailable("the last audit entry is unreadable".into())
-            })?,
+            Some((_, bytes)) => {
+                head_of(&bytes).ok_or_else(|| StoreError::Unavailable("the last audit entry is unreadable".into()))?
+            }
             None => ChainHead::GENESIS,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -121,14 +148,19 @@ impl Writer {
         }
     }
 
-    /// True when none of `keys` exists in the store or among this batch's inserts.
-    fn all_absent(
+    /// True when every precondition holds, looking first at what earlier changes of
+    /// this batch wrote, then at the store.
+    fn holds(
         &self,
-        keys: &[(Table, Vec<u8>)],
-        inserted: &HashSet<(Table, Vec<u8>)>,
+        expect: &[Expect],
+        written: &HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
     ) -> Result<bool, StoreError> {
-        for (table, key) in keys {
-            if inserted.contains(&(*table, key.clone())) || self.store.get(*table, key)?.is_some() {
+        for e in expect {
+            let current = match written.get(&(e.table, e.key.clone())) {
+                Some(value) => value.clone(),
+                None => self.store.get(e.table, &e.key)?,
+            };
+            if current != e.value {
                 return Ok(false);
             }
         }
@@ -138,16 +170,12 @@ impl Writer {
     fn write(&mut self, jobs: Vec<Job>) {
         let mut head = self.head;
         let time = rfc3339(self.clock.now());
-        let mut ops = Vec::with_capacity(
-            jobs.iter()
-                .map(|j| j.change.ops.len() + j.change.events.len())
-                .sum(),
-        );
-        let mut inserted = HashSet::new();
+        let mut ops = Vec::with_capacity(jobs.iter().map(|j| j.change.ops.len() + j.change.events.len()).sum());
+        let mut written = HashMap::new();
         let mut accepted = Vec::with_capacity(jobs.len());
         let n_jobs = jobs.len() as u64;
         for mut job in jobs {
-            match self.all_absent(&job.change.absent, &inserted) {
+            match self.holds(&job.change.expect, &written) {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = job.reply.send(Err(StoreError::Conflict));
@@ -158,7 +186,9 @@ impl Writer {
                     continue;
                 }
             }
-            inserted.extend(job.change.absent.drain(..));
+            for op in &job.change.ops {
+                written.insert((op.table, op.key.clone()), op.value.clone());
+            }
             ops.append(&mut job.change.ops);
             for event in &job.change.events {
                 let (bytes, next) = chain(&self.audit_key, head, event, time.clone());
@@ -195,8 +225,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_chain_in_order() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let Ok((committer, _thread)) =
-            Committer::start(store.clone(), KeyBytes::new([4; 32]), Arc::new(SystemClock))
+        let Ok((committer, _thread)) = Committer::start(store.clone(), KeyBytes::new([4; 32]), Arc::new(SystemClock))
         else {
             unreachable!("start")
         };
@@ -209,7 +238,7 @@ mod tests {
                 let change = Change {
                     ops: vec![WriteOp::put(Table::Records, key.clone(), vec![1])],
                     events: vec![AuditEvent::new("x", "tokenize", "ok")],
-                    absent: vec![(Table::Records, key)],
+                    expect: vec![Expect::absent(Table::Records, key)],
                 };
                 c.commit(change).await
             }));

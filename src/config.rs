@@ -64,6 +64,10 @@ struct RawClient {
 pub struct Limits {
     /// Largest request body of single-item endpoints.
     pub max_body_bytes: usize,
+    /// Largest request body of the batch endpoints.
+    pub max_batch_body_bytes: usize,
+    /// How often the purge of expired tokens and idempotency keys runs.
+    pub purge_interval_ms: u64,
     /// How long a CVC is kept for its first detokenize (at most 600 s).
     pub cvc_ttl_seconds: u64,
     pub handshake_timeout_ms: u64,
@@ -79,6 +83,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 64 * 1024,
+            max_batch_body_bytes: 4 * 1024 * 1024,
+            purge_interval_ms: 60_000,
             cvc_ttl_seconds: 600,
             handshake_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
@@ -149,15 +155,15 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         // toml's messages name the unknown key and its line, never a secret: the file
         // holds none.
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.message().to_owned()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.message().to_owned()))?;
         Config::resolve(raw)
     }
 
     fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = raw.listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!("listen: '{}' is not an address:port", raw.listen))
-        })?;
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen: '{}' is not an address:port", raw.listen)))?;
         let passphrase = match (raw.passphrase_file, raw.passphrase_env) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
@@ -195,9 +201,7 @@ impl Config {
             });
         }
         if raw.limits.max_connections == 0 || raw.limits.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "limits must be greater than zero".into(),
-            ));
+            return Err(ConfigError::Invalid("limits must be greater than zero".into()));
         }
         Ok(Config {
             listen,
@@ -222,11 +226,7 @@ impl Config {
     /// `data/dev/` relative to the working directory, three dev clients in tenant `dev`.
     pub fn dev() -> Config {
         let keys = PathBuf::from("keys/dev");
-        let roles: [&[Role]; 3] = [
-            &[Role::Tokenize],
-            &[Role::Detokenize],
-            &[Role::Keys, Role::Audit],
-        ];
+        let roles: [&[Role]; 3] = [&[Role::Tokenize], &[Role::Detokenize], &[Role::Keys, Role::Audit]];
         let clients = DEV_CLIENTS
             .iter()
             .zip(roles)
@@ -296,16 +296,10 @@ cvc_ttl_seconds = 60
     #[test]
     fn unknown_keys_are_named() {
         let text = GOOD.replace("[limits]", "[limits]\nmax_bodee = 1");
-        let err = Config::parse(&text)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("max_bodee"), "{err}");
         let text = format!("colour = \"blue\"\n{GOOD}");
-        let err = Config::parse(&text)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("colour"), "{err}");
     }
 

@@ -19,6 +19,7 @@ use crate::startup::{raise_fd_limit, unseal_keyring, StartupError};
 use crate::store::{RocksStore, Store, StoreError};
 use crate::tls::{server_config, TlsError};
 use crate::vault::Vault;
+use crate::vault::SYSTEM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -29,15 +30,26 @@ pub enum DaemonError {
     #[error("data directory: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
 
-const SYSTEM: &str = "tokenvault";
+/// What a caller may inject: the clock, and a stop switch in place of signals.
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    /// `Some`: the daemon stops when this turns true and installs no signal handlers.
+    pub stop: Option<watch::Receiver<bool>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            stop: None,
+        }
+    }
+}
 
 /// Runs the daemon until SIGTERM or SIGINT. `on_listening` is called with the bound
 /// address once the daemon accepts connections.
@@ -46,31 +58,31 @@ pub async fn run(
     passphrase: Passphrase,
     on_listening: impl FnOnce(SocketAddr, u32),
 ) -> Result<(), DaemonError> {
+    run_with(config, passphrase, Options::default(), on_listening).await
+}
+
+/// `run` with injected dependencies (tests use a manual clock and a stop switch).
+pub async fn run_with(
+    config: Config,
+    passphrase: Passphrase,
+    options: Options,
+    on_listening: impl FnOnce(SocketAddr, u32),
+) -> Result<(), DaemonError> {
     let max_open_files = raise_fd_limit();
     let keyring = Arc::new(unseal_keyring(&config.keyring, &passphrase)?);
     drop(passphrase);
     let tls = server_config(&config.tls)?;
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir, max_open_files)?);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = options.clock;
     // The commit writer keeps its own copy of the audit key (a named, greppable step).
     let audit_key = KeyBytes::new(*keyring.audit_key().expose_secret());
     let (committer, writer) = Committer::start(store.clone(), audit_key, clock.clone())?;
     let key_version = keyring.active_version();
-    let vault = Arc::new(Vault::new(
-        keyring,
-        store,
-        committer,
-        clock,
-        config.limits.cvc_ttl(),
-    ));
+    let vault = Arc::new(Vault::new(keyring, store, committer, clock, config.limits.cvc_ttl()));
     vault
         .audit(AuditEvent::new(SYSTEM, "start", "ok").key_version(key_version))
         .await
-        .map_err(|e| {
-            DaemonError::Store(StoreError::Unavailable(format!(
-                "the start could not be audited: {e}"
-            )))
-        })?;
+        .map_err(|e| DaemonError::Store(StoreError::Unavailable(format!("the start could not be audited: {e}"))))?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -87,9 +99,20 @@ pub async fn run(
         config.clients.clone(),
         config.limits.clone(),
     )?);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = match options.stop {
+        Some(stop) => stop,
+        None => {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            tokio::spawn(watch_signals(stop_tx));
+            stop_rx
+        }
+    };
     tokio::spawn(sweep_cvcs(vault.clone(), stop_rx.clone()));
-    tokio::spawn(watch_signals(stop_tx));
+    tokio::spawn(purge(
+        vault.clone(),
+        Duration::from_millis(config.limits.purge_interval_ms),
+        stop_rx.clone(),
+    ));
     on_listening(addr, key_version);
 
     crate::server::run(listener, tls, state, stop_rx).await;
@@ -121,13 +144,33 @@ async fn sweep_cvcs(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Removes expired tokens and idempotency keys in bounded batches.
+async fn purge(vault: Arc<Vault>, every: Duration, mut stop: watch::Receiver<bool>) {
+    const BATCH: usize = 500;
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // Bounded per tick: at most 100 batches, then wait for the next tick.
+        for _ in 0..100 {
+            match vault.purge_expired(BATCH).await {
+                Ok(n) if n >= BATCH => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// First SIGTERM/SIGINT: graceful stop. Second: exit at once.
 async fn watch_signals(stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -16,11 +16,7 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "tokenvault",
-    version,
-    about = "A payment tokenization vault over mutual TLS"
-)]
+#[command(name = "tokenvault", version, about = "A payment tokenization vault over mutual TLS")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,11 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Serve {
-            config,
-            dev,
-            listen,
-        } => serve(config, dev, listen),
+        Command::Serve { config, dev, listen } => serve(config, dev, listen),
         Command::Init {
             keyring,
             passphrase_file,
@@ -81,9 +73,9 @@ fn main() -> ExitCode {
             let result = read_passphrase(&source).and_then(|p| init_keyring(&keyring, &p));
             report(result.map(|()| println!("created keyring {}", keyring.display())))
         }
-        Command::DevPki { out } => report(
-            write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display())),
-        ),
+        Command::DevPki { out } => {
+            report(write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display())))
+        }
     }
 }
 
@@ -129,10 +121,7 @@ fn serve(config_path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>) ->
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokenvault: cannot start the runtime: {e}");

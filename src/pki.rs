@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -17,10 +17,7 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 /// What a leaf certificate may be used for (its extended key usage).
@@ -66,10 +63,7 @@ impl LeafSpec {
         LeafSpec {
             common_name: "localhost".to_owned(),
             dns: vec!["localhost".to_owned()],
-            ips: vec![
-                IpAddr::from([127, 0, 0, 1]),
-                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-            ],
+            ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
             uris: vec![],
             usage: Usage::Server,
             not_before: now - Duration::hours(1),
@@ -115,8 +109,7 @@ impl Ca {
 
     /// A new intermediate CA signed by this one.
     pub fn intermediate(&self, name: &str) -> Result<Ca, PkiError> {
-        let issuer =
-            CertifiedIssuer::signed_by(ca_params(name)?, KeyPair::generate()?, &self.issuer)?;
+        let issuer = CertifiedIssuer::signed_by(ca_params(name)?, KeyPair::generate()?, &self.issuer)?;
         Ok(Ca { issuer })
     }
 
@@ -131,9 +124,7 @@ impl Ca {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         for uri in &spec.uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
         }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.common_name.as_str());
@@ -142,10 +133,7 @@ impl Ca {
         params.extended_key_usages = match spec.usage {
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::ClientAndServer => vec![
-                ExtendedKeyUsagePurpose::ClientAuth,
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ],
+            Usage::ClientAndServer => vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Unrestricted => vec![],
         };
         params.not_before = spec.not_before;

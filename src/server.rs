@@ -59,10 +59,7 @@ pub async fn run(
     state.ready.store(false, Ordering::Relaxed);
     let grace = Limits::ms(limits.shutdown_grace_ms);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("grace period over with connections still open");
     }
 }
@@ -75,11 +72,7 @@ async fn serve_connection(
     limits: &Limits,
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(
-        Limits::ms(limits.handshake_timeout_ms),
-        acceptor.accept(tcp),
-    )
-    .await;
+    let handshake = tokio::time::timeout(Limits::ms(limits.handshake_timeout_ms), acceptor.accept(tcp)).await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

@@ -39,28 +39,22 @@ pub fn read_passphrase(source: &PassphraseSource) -> Result<Passphrase, StartupE
             );
             Passphrase::copy_from(text.trim_end_matches(['\n', '\r']))
         }
-        PassphraseSource::Env(name) => from_env(name).ok_or_else(|| {
-            StartupError::Passphrase(format!("environment variable {name} is not set"))
-        })?,
+        PassphraseSource::Env(name) => {
+            from_env(name).ok_or_else(|| StartupError::Passphrase(format!("environment variable {name} is not set")))?
+        }
         PassphraseSource::Default => match from_env(PASSPHRASE_ENV) {
             Some(p) => p,
             None => rpassword::prompt_password("keyring passphrase: ")
                 .map(|p| Passphrase::new(p.into_boxed_str()))
-                .map_err(|e| {
-                    StartupError::Passphrase(format!(
-                        "no {PASSPHRASE_ENV} and no terminal to ask ({e})"
-                    ))
-                })?,
+                .map_err(|e| StartupError::Passphrase(format!("no {PASSPHRASE_ENV} and no terminal to ask ({e})")))?,
         },
-        PassphraseSource::Dev => {
-            match from_env(PASSPHRASE_ENV) {
-                Some(p) => p,
-                None => {
-                    tracing::warn!("using the fixed development passphrase; set {PASSPHRASE_ENV} to choose one");
-                    Passphrase::copy_from(DEV_PASSPHRASE)
-                }
+        PassphraseSource::Dev => match from_env(PASSPHRASE_ENV) {
+            Some(p) => p,
+            None => {
+                tracing::warn!("using the fixed development passphrase; set {PASSPHRASE_ENV} to choose one");
+                Passphrase::copy_from(DEV_PASSPHRASE)
             }
-        }
+        },
     };
     if passphrase.expose_secret().is_empty() {
         return Err(StartupError::Passphrase("the passphrase is empty".into()));
@@ -108,9 +102,9 @@ pub fn prepare_dev(config: &Config, passphrase: &Passphrase) -> Result<(), Start
     let tls = &config.tls;
     let dir = tls.client_ca.parent().unwrap_or(Path::new("."));
     let pki_files = [&tls.cert, &tls.key, &tls.client_ca];
-    let clients_present = crate::pki::DEV_CLIENTS.iter().all(|(name, _)| {
-        dir.join(format!("{name}.pem")).exists() && dir.join(format!("{name}.key")).exists()
-    });
+    let clients_present = crate::pki::DEV_CLIENTS
+        .iter()
+        .all(|(name, _)| dir.join(format!("{name}.pem")).exists() && dir.join(format!("{name}.key")).exists());
     if !clients_present || pki_files.iter().any(|p| !p.exists()) {
         tracing::info!(dir = %dir.display(), "creating the development PKI");
         write_dev_pki(dir)?;
@@ -127,12 +121,11 @@ pub fn prepare_dev(config: &Config, passphrase: &Passphrase) -> Result<(), Start
 pub fn raise_fd_limit() -> i32 {
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
     let target = hard.min(1 << 20);
-    let limit =
-        if target > soft && rlimit::setrlimit(rlimit::Resource::NOFILE, target, hard).is_ok() {
-            target
-        } else {
-            soft
-        };
+    let limit = if target > soft && rlimit::setrlimit(rlimit::Resource::NOFILE, target, hard).is_ok() {
+        target
+    } else {
+        soft
+    };
     let for_rocks = limit / 2;
     if for_rocks < 256 {
         tracing::warn!(limit, "the open-file limit is low; raise it (LimitNOFILE)");

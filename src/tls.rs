@@ -57,8 +57,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_error(path, format!("no usable private key ({e})")))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, format!("no usable private key ({e})")))
 }
 
 fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
@@ -150,16 +149,11 @@ mod tests {
 
     #[test]
     fn identity_prefers_uri_then_dns_then_cn() {
-        let Ok(ca) = Ca::new("test") else {
-            unreachable!("ca")
-        };
+        let Ok(ca) = Ca::new("test") else { unreachable!("ca") };
         let mut spec = LeafSpec::client("cn-name", Some("spiffe://x/y"));
         spec.dns = vec!["dns.example".into()];
         let issue = |spec: &LeafSpec| ca.issue(spec).map(|i| der(&i.cert_pem)).unwrap_or_default();
-        assert_eq!(
-            peer_identity(&issue(&spec)).as_deref(),
-            Some("spiffe://x/y")
-        );
+        assert_eq!(peer_identity(&issue(&spec)).as_deref(), Some("spiffe://x/y"));
         spec.uris.clear();
         assert_eq!(peer_identity(&issue(&spec)).as_deref(), Some("dns.example"));
         spec.dns.clear();
@@ -174,13 +168,7 @@ mod tests {
         };
         let path = dir.path().join("empty.pem");
         assert!(std::fs::write(&path, "").is_ok());
-        let err = load_certs(&path)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("empty.pem") && err.contains("no certificate"),
-            "{err}"
-        );
+        let err = load_certs(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("empty.pem") && err.contains("no certificate"), "{err}");
     }
 }

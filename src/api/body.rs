@@ -14,11 +14,7 @@ use crate::validate::{Code, ValidationError};
 
 /// Reads the whole body, refusing more than `limit` bytes (first by
 /// `Content-Length`, then while reading a body without one).
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -44,9 +40,7 @@ pub async fn read_body(
         if needed > buf.capacity() {
             // Grow by copying into a new wiped-on-drop buffer, so the old allocation
             // is zeroized rather than freed with card data in it.
-            let mut bigger = Zeroizing::new(Vec::with_capacity(
-                needed.max(buf.capacity() * 2).min(limit),
-            ));
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(buf.capacity() * 2).min(limit)));
             bigger.extend_from_slice(&buf);
             buf = bigger;
         }
@@ -77,6 +71,14 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Decodes JSON into `T`, mapping every serde failure to a problem that names the
 /// field (by its JSON path) and the rule, never the submitted value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
+    de.end().map_err(|_| ApiError::InvalidJson)?;
+    Ok(value)
+}
+
+/// Like `decode`, for types that borrow from the body (batch envelopes).
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
     de.end().map_err(|_| ApiError::InvalidJson)?;
@@ -162,11 +164,7 @@ fn map_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             detail: "a field appears twice".into(),
         };
     }
-    let field = if path.is_empty() {
-        "request".to_owned()
-    } else {
-        path
-    };
+    let field = if path.is_empty() { "request".to_owned() } else { path };
     let detail = format!("{field} {}", expectation(&field));
     field_error(&field, "type", detail)
 }
@@ -212,17 +210,14 @@ mod tests {
             Err(ApiError::Invalid(v)) => (v.code.as_str().into(), Some(v.field), v.detail),
             Err(ApiError::UnknownField { field }) => ("unknown_field".into(), field, String::new()),
             Err(ApiError::InvalidJson) => ("invalid_json".into(), None, String::new()),
-            Err(ApiError::BadRequest { field, detail }) => {
-                ("invalid_request".into(), field, detail)
-            }
+            Err(ApiError::BadRequest { field, detail }) => ("invalid_request".into(), field, detail),
             Err(other) => (format!("{other:?}"), None, String::new()),
         }
     }
 
     #[test]
     fn number_as_json_number_names_the_field_not_the_value() {
-        let (code, field, detail) =
-            problem(r#"{"card":{"number":4111111111111111,"exp_month":1,"exp_year":2030}}"#);
+        let (code, field, detail) = problem(r#"{"card":{"number":4111111111111111,"exp_month":1,"exp_year":2030}}"#);
         assert_eq!(code, "invalid_card_number");
         assert_eq!(field.as_deref(), Some("card.number"));
         assert_eq!(detail, "card.number must be a string");
@@ -230,8 +225,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_only_when_safe() {
-        let (code, field, _) =
-            problem(r#"{"card":{"number":"4111","exp_month":1,"exp_year":2030,"colour":1}}"#);
+        let (code, field, _) = problem(r#"{"card":{"number":"4111","exp_month":1,"exp_year":2030,"colour":1}}"#);
         assert_eq!(
             (code.as_str(), field.as_deref()),
             ("unknown_field", Some("card.colour"))
@@ -258,8 +252,7 @@ mod tests {
             problem(r#"{"card":{"number":"4111111111111111","exp_month":"00","exp_year":2030}}"#).0,
             "ok"
         );
-        let (code, field, _) =
-            problem(r#"{"card":{"number":"4111111111111111","exp_month":true,"exp_year":2030}}"#);
+        let (code, field, _) = problem(r#"{"card":{"number":"4111111111111111","exp_month":true,"exp_year":2030}}"#);
         assert_eq!(
             (code.as_str(), field.as_deref()),
             ("invalid_expiry_month", Some("card.exp_month"))

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod problem;
+mod tokens;
 pub mod views;
 
 use std::convert::Infallible;
@@ -18,11 +19,10 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
 use crate::auth::{
-    authorize, authorize_single, AuthError, Client, ClientTable, Delete, Detokenize, Permission,
-    ReadMetadata, Tokenize,
+    authorize, authorize_single, AuthError, Authorized, Client, ClientTable, Delete, Detokenize, Permission,
+    ReadMetadata, ReadWallet,
 };
 use crate::config::Limits;
-use crate::vault::input::TokenizeRequest;
 use crate::vault::Vault;
 use problem::ApiError;
 
@@ -36,11 +36,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        vault: Arc<Vault>,
-        clients: ClientTable,
-        limits: Limits,
-    ) -> Result<Self, crate::crypto::CryptoError> {
+    pub fn new(vault: Arc<Vault>, clients: ClientTable, limits: Limits) -> Result<Self, crate::crypto::CryptoError> {
         Ok(AppState {
             vault,
             clients,
@@ -86,28 +82,26 @@ enum Route<'a> {
     Health,
     Ready,
     Tokens,
+    TokensBatch,
     Token(&'a str),
     Detokenize(&'a str),
+    DetokenizeBatch,
+    CustomerTokens(&'a str),
     Unknown,
 }
 
 impl Route<'_> {
     fn parse(path: &str) -> Route<'_> {
         let mut parts = path.trim_start_matches('/').split('/');
-        match (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) {
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("healthz"), None, ..) => Route::Health,
             (Some("readyz"), None, ..) => Route::Ready,
             (Some("v1"), Some("tokens"), None, ..) => Route::Tokens,
+            (Some("v1"), Some("tokens"), Some("batch"), None, _) => Route::TokensBatch,
+            (Some("v1"), Some("detokenize"), Some("batch"), None, _) => Route::DetokenizeBatch,
+            (Some("v1"), Some("customers"), Some(c), Some("tokens"), None) if !c.is_empty() => Route::CustomerTokens(c),
             (Some("v1"), Some("tokens"), Some(t), None, _) if !t.is_empty() => Route::Token(t),
-            (Some("v1"), Some("tokens"), Some(t), Some("detokenize"), None) if !t.is_empty() => {
-                Route::Detokenize(t)
-            }
+            (Some("v1"), Some("tokens"), Some(t), Some("detokenize"), None) if !t.is_empty() => Route::Detokenize(t),
             _ => Route::Unknown,
         }
     }
@@ -117,9 +111,12 @@ impl Route<'_> {
         match self {
             Route::Health => "healthz",
             Route::Ready => "readyz",
-            Route::Tokens => "tokens",
+            Route::Tokens => "tokenize",
+            Route::TokensBatch => "tokenize_batch",
             Route::Token(_) => "token",
             Route::Detokenize(_) => "detokenize",
+            Route::DetokenizeBatch => "detokenize_batch",
+            Route::CustomerTokens(_) => "customer_tokens",
             Route::Unknown => "unknown",
         }
     }
@@ -127,8 +124,9 @@ impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
             Route::Health | Route::Ready => "GET",
-            Route::Tokens | Route::Detokenize(_) => "POST",
-            Route::Token(_) => "GET, DELETE",
+            Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch => "POST",
+            Route::Token(_) => "GET, PATCH, DELETE",
+            Route::CustomerTokens(_) => "GET",
             Route::Unknown => "",
         }
     }
@@ -191,38 +189,152 @@ async fn dispatch(
     }
     let allowed = matches!(
         (route, &method),
-        (Route::Tokens, &Method::POST)
-            | (Route::Detokenize(_), &Method::POST)
-            | (Route::Token(_), &Method::GET)
-            | (Route::Token(_), &Method::DELETE)
+        (
+            Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch,
+            &Method::POST
+        ) | (Route::Token(_), &Method::GET | &Method::PATCH | &Method::DELETE)
+            | (Route::CustomerTokens(_), &Method::GET)
     );
     if !allowed {
-        return Err(ApiError::MethodNotAllowed {
-            allow: route.allow(),
-        });
+        return Err(ApiError::MethodNotAllowed { allow: route.allow() });
     }
     let client = identify(state, peer, route, request_id).await?;
+    let ctx = Ctx {
+        state,
+        client,
+        route,
+        request_id,
+    };
     match route {
-        Route::Tokens => tokenize(state, client, request, request_id).await,
+        Route::Tokens => tokens::tokenize(&ctx, request).await,
+        Route::TokensBatch => tokens::tokenize_batch(&ctx, request).await,
+        Route::Token(token) if method == Method::PATCH => tokens::update(&ctx, token, request).await,
         Route::Token(token) if method == Method::GET => {
-            let auth = permit::<ReadMetadata>(state, client, None, route, request_id).await?;
+            let auth = ctx.permit::<ReadMetadata>(None).await?;
             let meta = state.vault.metadata(&auth, token)?;
             Ok(views::json(StatusCode::OK, &meta, request_id))
         }
         Route::Token(token) => {
-            let auth = permit::<Delete>(state, client, None, route, request_id).await?;
+            let auth = ctx.permit::<Delete>(None).await?;
             state.vault.delete(&auth, token, request_id).await?;
             Ok(views::empty(StatusCode::NO_CONTENT, request_id))
         }
         Route::Detokenize(token) => {
-            let auth = permit::<Detokenize>(state, client, None, route, request_id).await?;
+            let auth = ctx.permit::<Detokenize>(None).await?;
             // The body is not used; it is read (bounded) and wiped.
             let (parts, body) = request.into_parts();
             drop(body::read_body(&parts.headers, body, state.limits.max_body_bytes).await?);
             let revealed = state.vault.detokenize(&auth, token, request_id).await?;
             Ok(views::detokenized(&revealed, request_id))
         }
+        Route::DetokenizeBatch => tokens::detokenize_batch(&ctx, request).await,
+        Route::CustomerTokens(customer) => {
+            let customer = percent_decode(customer).ok_or(ApiError::NotFound)?;
+            let query = Query::parse(request.uri().query().unwrap_or_default());
+            let auth = ctx.permit_single::<ReadWallet>(query.get("tenant")).await?;
+            let limit = match query.get("limit") {
+                Some(text) => Some(text.parse::<usize>().map_err(|_| limit_error())?),
+                None => None,
+            };
+            let page = state
+                .vault
+                .list_customer(&auth, &customer, limit, query.get("cursor"))?;
+            Ok(views::json(StatusCode::OK, &page, request_id))
+        }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+fn limit_error() -> ApiError {
+    ApiError::Invalid(crate::validate::ValidationError::new(
+        crate::validate::Code::InvalidRequest,
+        "limit",
+        "format",
+        "limit must be a whole number from 1 to 100",
+    ))
+}
+
+/// What a handler needs about the request it serves.
+pub(crate) struct Ctx<'a> {
+    pub state: &'a AppState,
+    pub client: &'a Client,
+    route: Route<'a>,
+    pub request_id: &'a str,
+}
+
+impl Ctx<'_> {
+    /// Checks the role (and a named tenant); a refusal is `403` and an audit entry.
+    pub async fn permit<P: Permission>(&self, tenant: Option<&str>) -> Result<Authorized<P>, ApiError> {
+        match authorize::<P>(self.client, tenant) {
+            Ok(proof) => Ok(proof),
+            Err(e) => {
+                self.audit_denied(tenant).await;
+                Err(ApiError::from(e))
+            }
+        }
+    }
+
+    /// Like `permit`, resolving exactly one tenant (named, or the client's only one).
+    pub async fn permit_single<P: Permission>(&self, tenant: Option<&str>) -> Result<Authorized<P>, ApiError> {
+        match authorize_single::<P>(self.client, tenant) {
+            Ok(proof) => Ok(proof),
+            Err(AuthError::TenantRequired) => Err(ApiError::from(AuthError::TenantRequired)),
+            Err(e) => {
+                self.audit_denied(tenant).await;
+                Err(ApiError::from(e))
+            }
+        }
+    }
+
+    async fn audit_denied(&self, tenant: Option<&str>) {
+        audit_denied(
+            self.state,
+            &self.client.identity,
+            self.route.name(),
+            tenant,
+            self.request_id,
+        )
+        .await;
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` for malformed escapes or
+/// non-UTF-8 results.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A parsed query string (first value of each name wins).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: &str) -> Query {
+        Query(
+            query
+                .split('&')
+                .filter_map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    Some((percent_decode(name)?, percent_decode(value)?))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -244,48 +356,9 @@ async fn identify<'s>(
     }
 }
 
-async fn permit<P: Permission>(
-    state: &AppState,
-    client: &Client,
-    tenant: Option<&str>,
-    route: Route<'_>,
-    request_id: &str,
-) -> Result<crate::auth::Authorized<P>, ApiError> {
-    match authorize::<P>(client, tenant) {
-        Ok(proof) => Ok(proof),
-        Err(e) => {
-            audit_denied(state, &client.identity, route.name(), tenant, request_id).await;
-            Err(ApiError::from(e))
-        }
-    }
-}
-
-async fn permit_single<P: Permission>(
-    state: &AppState,
-    client: &Client,
-    tenant: Option<&str>,
-    route: Route<'_>,
-    request_id: &str,
-) -> Result<crate::auth::Authorized<P>, ApiError> {
-    match authorize_single::<P>(client, tenant) {
-        Ok(proof) => Ok(proof),
-        Err(AuthError::TenantRequired) => Err(ApiError::from(AuthError::TenantRequired)),
-        Err(e) => {
-            audit_denied(state, &client.identity, route.name(), tenant, request_id).await;
-            Err(ApiError::from(e))
-        }
-    }
-}
-
 /// Writes a `denied` audit entry. A failure to write it is logged; the request is
 /// refused either way.
-async fn audit_denied(
-    state: &AppState,
-    identity: &str,
-    action: &'static str,
-    tenant: Option<&str>,
-    request_id: &str,
-) {
+async fn audit_denied(state: &AppState, identity: &str, action: &'static str, tenant: Option<&str>, request_id: &str) {
     tracing::info!(action, identity, request_id, "request denied");
     let mut event = AuditEvent::new(identity, action, "denied").request_id(request_id);
     if let Some(t) = tenant {
@@ -294,36 +367,6 @@ async fn audit_denied(
     if let Err(e) = state.vault.audit(event).await {
         tracing::error!(error = %e, "could not write the audit entry of a denied request");
     }
-}
-
-async fn tokenize(
-    state: &AppState,
-    client: &Client,
-    request: Request<Incoming>,
-    request_id: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    // The role is checked before the body (which holds card data) is read.
-    permit::<Tokenize>(state, client, None, Route::Tokens, request_id).await?;
-    let (parts, body) = request.into_parts();
-    body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let input: TokenizeRequest = body::decode(&raw)?;
-    drop(raw);
-    let auth = permit_single::<Tokenize>(
-        state,
-        client,
-        input.tenant.as_deref(),
-        Route::Tokens,
-        request_id,
-    )
-    .await?;
-    let outcome = state.vault.tokenize(&auth, &input, request_id).await?;
-    let status = if outcome.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(views::json(status, &outcome.meta, request_id))
 }
 
 #[cfg(test)]
@@ -335,13 +378,19 @@ mod tests {
         assert_eq!(Route::parse("/healthz"), Route::Health);
         assert_eq!(Route::parse("/v1/tokens"), Route::Tokens);
         assert_eq!(Route::parse("/v1/tokens/tok_x"), Route::Token("tok_x"));
-        assert_eq!(
-            Route::parse("/v1/tokens/tok_x/detokenize"),
-            Route::Detokenize("tok_x")
-        );
+        assert_eq!(Route::parse("/v1/tokens/tok_x/detokenize"), Route::Detokenize("tok_x"));
         assert_eq!(Route::parse("/v1/tokens/tok_x/other"), Route::Unknown);
         assert_eq!(Route::parse("/v1/tokens/"), Route::Unknown);
         assert_eq!(Route::parse("/"), Route::Unknown);
         assert_eq!(Route::parse("/v1/tokens/a/detokenize/x"), Route::Unknown);
+        assert_eq!(Route::parse("/v1/tokens/batch"), Route::TokensBatch);
+        assert_eq!(Route::parse("/v1/detokenize/batch"), Route::DetokenizeBatch);
+        assert_eq!(
+            Route::parse("/v1/customers/cus_1/tokens"),
+            Route::CustomerTokens("cus_1")
+        );
+        assert_eq!(percent_decode("cus%5F1").as_deref(), Some("cus_1"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
     }
 }

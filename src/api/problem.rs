@@ -22,10 +22,7 @@ pub enum ApiError {
     #[error("invalid field")]
     Invalid(ValidationError),
     #[error("malformed request")]
-    BadRequest {
-        field: Option<String>,
-        detail: String,
-    },
+    BadRequest { field: Option<String>, detail: String },
     #[error("forbidden: {0}")]
     Forbidden(AuthError),
     #[error("not found")]
@@ -34,6 +31,8 @@ pub enum ApiError {
     TokenExpired,
     #[error("conflict")]
     Conflict { detail: &'static str },
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type")]
@@ -70,12 +69,23 @@ impl From<AuthError> for ApiError {
 /// log learns the cause (never a value).
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
+        ApiError::from_ref(&e)
+    }
+}
+
+impl ApiError {
+    pub fn from_ref(e: &VaultError) -> ApiError {
         match e {
-            VaultError::Invalid(v) => ApiError::Invalid(v),
+            VaultError::Invalid(v) => ApiError::Invalid(v.clone()),
             VaultError::NotFound => ApiError::NotFound,
             VaultError::Expired => ApiError::TokenExpired,
             VaultError::TokenSpaceExhausted => ApiError::Conflict {
                 detail: "no unused token of the requested format is left for this card",
+            },
+            VaultError::Forbidden(e) => ApiError::from(e.clone()),
+            VaultError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            VaultError::Conflict => ApiError::Conflict {
+                detail: "the token changed while the request was processed; retry",
             },
             VaultError::Store(StoreError::Conflict) => ApiError::Conflict {
                 detail: "the request conflicts with the current state",
@@ -113,25 +123,14 @@ impl ApiError {
         match self {
             InvalidJson => (StatusCode::BAD_REQUEST, "invalid_json", "Malformed JSON"),
             UnknownField { .. } => (StatusCode::BAD_REQUEST, "unknown_field", "Unknown field"),
-            Invalid(v) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                v.code.as_str(),
-                "Validation failed",
-            ),
-            BadRequest { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Malformed request",
-            ),
+            Invalid(v) => (StatusCode::UNPROCESSABLE_ENTITY, v.code.as_str(), "Validation failed"),
+            BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request", "Malformed request"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             TokenExpired => (StatusCode::GONE, "token_expired", "Token expired"),
             Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            PayloadTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "Payload too large",
-            ),
+            IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused", "Idempotency key reused"),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -142,16 +141,8 @@ impl ApiError {
                 "method_not_allowed",
                 "Method not allowed",
             ),
-            Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
-            ),
-            Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 
@@ -184,11 +175,12 @@ impl ApiError {
             NotFound => ("no such token or resource".into(), None, None),
             TokenExpired => ("the token has expired".into(), None, None),
             Conflict { detail } => ((*detail).into(), None, None),
-            PayloadTooLarge { limit } => (
-                format!("the request body exceeds {limit} bytes"),
-                None,
+            IdempotencyKeyReused => (
+                "this Idempotency-Key was used with a different request".into(),
+                Some("Idempotency-Key"),
                 None,
             ),
+            PayloadTooLarge { limit } => (format!("the request body exceeds {limit} bytes"), None, None),
             UnsupportedMediaType => ("send Content-Type: application/json".into(), None, None),
             MethodNotAllowed { allow } => (format!("allowed methods: {allow}"), None, None),
             Unavailable => ("the vault cannot serve this request now".into(), None, None),
@@ -200,11 +192,11 @@ impl ApiError {
         self.classify().0
     }
 
-    /// The one function that turns an error into a response.
-    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+    /// The problem document, also used for the per-item errors of a batch.
+    pub fn to_problem(&self, request_id: &str) -> serde_json::Value {
         let (status, kind, title) = self.classify();
         let (detail, field, reason) = self.detail();
-        let body = serde_json::to_vec(&Problem {
+        serde_json::to_value(Problem {
             kind,
             title,
             status: status.as_u16(),
@@ -213,7 +205,13 @@ impl ApiError {
             reason,
             request_id,
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    /// The one function that turns an error into a response.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let status = self.classify().0;
+        let body = serde_json::to_vec(&self.to_problem(request_id)).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();

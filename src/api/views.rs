@@ -8,15 +8,12 @@ use http_body_util::Full;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::problem::ApiError;
 use crate::secret::Personal;
 use crate::vault::input::AccountType;
-use crate::vault::{Detokenized, Revealed};
+use crate::vault::{Detokenized, Revealed, VaultError};
 
-pub fn json<T: Serialize>(
-    status: StatusCode,
-    value: &T,
-    request_id: &str,
-) -> Response<Full<Bytes>> {
+pub fn json<T: Serialize>(status: StatusCode, value: &T, request_id: &str) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     respond(status, Bytes::from(body), request_id)
 }
@@ -25,10 +22,7 @@ fn respond(status: StatusCode, body: Bytes, request_id: &str) -> Response<Full<B
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", id);
@@ -59,11 +53,51 @@ pub fn detokenized(value: &Detokenized, request_id: &str) -> Response<Full<Bytes
     if serde_json::to_writer(&mut *buf, &view).is_err() {
         buf.clear();
     }
-    respond(
-        StatusCode::OK,
-        Bytes::from_owner(WipedOnDrop(buf)),
-        request_id,
-    )
+    respond(StatusCode::OK, Bytes::from_owner(WipedOnDrop(buf)), request_id)
+}
+
+/// `{"results": [...]}` of a detokenize batch, in one wiped buffer.
+pub fn detokenized_batch(results: &[Result<Detokenized, VaultError>], request_id: &str) -> Response<Full<Bytes>> {
+    let size: usize = results
+        .iter()
+        .map(|r| r.as_ref().map_or(512, |d| 512 + 2 * secret_len(&d.revealed)))
+        .sum();
+    let mut buf = Zeroizing::new(Vec::with_capacity(64 + size));
+    let view = BatchView { results, request_id };
+    if serde_json::to_writer(&mut *buf, &view).is_err() {
+        buf.clear();
+    }
+    respond(StatusCode::OK, Bytes::from_owner(WipedOnDrop(buf)), request_id)
+}
+
+struct BatchView<'a> {
+    results: &'a [Result<Detokenized, VaultError>],
+    request_id: &'a str,
+}
+
+impl Serialize for BatchView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Items<'a>(&'a BatchView<'a>);
+        impl Serialize for Items<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.results.len()))?;
+                for result in self.0.results {
+                    match result {
+                        Ok(d) => seq.serialize_element(&DetokenizedView(d))?,
+                        Err(e) => {
+                            let problem = ApiError::from_ref(e).to_problem(self.0.request_id);
+                            seq.serialize_element(&serde_json::json!({ "error": problem }))?
+                        }
+                    }
+                }
+                seq.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("results", &Items(self))?;
+        map.end()
+    }
 }
 
 fn opt_len(p: &Option<Personal>) -> usize {
@@ -88,9 +122,7 @@ fn secret_len(revealed: &Revealed) -> usize {
             });
             number.expose_secret().len() + opt_len(holder_name) + address + 8
         }
-        Revealed::Iban {
-            iban, holder_name, ..
-        } => iban.expose_secret().len() + opt_len(holder_name) + 16,
+        Revealed::Iban { iban, holder_name, .. } => iban.expose_secret().len() + opt_len(holder_name) + 16,
         Revealed::Ach {
             account_number,
             holder_name,
@@ -190,11 +222,7 @@ impl Serialize for DetokenizedView<'_> {
                 }),
                 None,
             ),
-            Revealed::Iban {
-                iban,
-                bic,
-                holder_name,
-            } => (
+            Revealed::Iban { iban, bic, holder_name } => (
                 None,
                 Some(BankView::Iban {
                     iban: iban.expose_secret(),

@@ -70,10 +70,7 @@ pub struct Envelope(pub Vec<u8>);
 impl Envelope {
     /// The KEK version that wraps this envelope's data key.
     pub fn kek_version(&self) -> Result<u32, CryptoError> {
-        let bytes = self
-            .0
-            .get(OFF_VERSION..OFF_DEK_NONCE)
-            .ok_or(CryptoError::Malformed)?;
+        let bytes = self.0.get(OFF_VERSION..OFF_DEK_NONCE).ok_or(CryptoError::Malformed)?;
         let array: [u8; 4] = bytes.try_into().map_err(|_| CryptoError::Malformed)?;
         Ok(u32::from_be_bytes(array))
     }
@@ -88,11 +85,7 @@ impl Envelope {
 
 /// Seals `plaintext` under a fresh data key wrapped by the keyring's active KEK.
 /// All random bytes (DEK and both nonces) come from one OS CSPRNG call.
-pub fn seal(
-    keyring: &Keyring,
-    aad: RecordAad<'_>,
-    plaintext: &[u8],
-) -> Result<Envelope, CryptoError> {
+pub fn seal(keyring: &Keyring, aad: RecordAad<'_>, plaintext: &[u8]) -> Result<Envelope, CryptoError> {
     let kek = keyring.active()?;
     let mut random = Zeroizing::new([0u8; DEK + 2 * NONCE]);
     fill_random(random.as_mut_slice())?;
@@ -120,23 +113,12 @@ pub fn seal(
 
 /// Opens an envelope. Any failure (unknown or retired KEK version, flipped byte,
 /// wrong token or tenant) is the same `CryptoError::Open`.
-pub fn open(
-    keyring: &Keyring,
-    aad: RecordAad<'_>,
-    envelope: &Envelope,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn open(keyring: &Keyring, aad: RecordAad<'_>, envelope: &Envelope) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     envelope.check_shape()?;
     let version = envelope.kek_version()?;
-    let dek = unwrap_dek(
-        keyring.kek(version).ok_or(CryptoError::Open)?,
-        &aad,
-        envelope,
-    )?;
+    let dek = unwrap_dek(keyring.kek(version).ok_or(CryptoError::Open)?, &aad, envelope)?;
     let cipher = Aes256Gcm::new_from_slice(dek.as_slice()).map_err(|_| CryptoError::Open)?;
-    let data_nonce = envelope
-        .0
-        .get(OFF_DATA_NONCE..HEADER)
-        .ok_or(CryptoError::Malformed)?;
+    let data_nonce = envelope.0.get(OFF_DATA_NONCE..HEADER).ok_or(CryptoError::Malformed)?;
     let sealed = envelope.0.get(HEADER..).ok_or(CryptoError::Malformed)?;
     let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG);
     let mut plain = Zeroizing::new(ciphertext.to_vec());
@@ -153,24 +135,16 @@ pub fn open(
 
 /// Re-wraps the data key of `envelope` under the keyring's active KEK without
 /// touching the payload ciphertext.
-pub fn rewrap(
-    keyring: &Keyring,
-    aad: RecordAad<'_>,
-    envelope: &Envelope,
-) -> Result<Envelope, CryptoError> {
+pub fn rewrap(keyring: &Keyring, aad: RecordAad<'_>, envelope: &Envelope) -> Result<Envelope, CryptoError> {
     envelope.check_shape()?;
-    let old = keyring
-        .kek(envelope.kek_version()?)
-        .ok_or(CryptoError::Open)?;
+    let old = keyring.kek(envelope.kek_version()?).ok_or(CryptoError::Open)?;
     let dek = unwrap_dek(old, &aad, envelope)?;
     let new = keyring.active()?;
     let mut nonce = [0u8; NONCE];
     fill_random(&mut nonce)?;
     let wrapped = wrap_dek(new, &aad, &nonce, dek.as_slice())?;
     let mut out = envelope.0.clone();
-    let header = out
-        .get_mut(OFF_VERSION..OFF_DATA_NONCE)
-        .ok_or(CryptoError::Malformed)?;
+    let header = out.get_mut(OFF_VERSION..OFF_DATA_NONCE).ok_or(CryptoError::Malformed)?;
     let (version, rest) = header.split_at_mut(4);
     version.copy_from_slice(&new.version.to_be_bytes());
     let (nonce_slot, wrapped_slot) = rest.split_at_mut(NONCE);
@@ -179,12 +153,7 @@ pub fn rewrap(
     Ok(Envelope(out))
 }
 
-fn wrap_dek(
-    kek: &KekVersion,
-    aad: &RecordAad<'_>,
-    nonce: &[u8],
-    dek: &[u8],
-) -> Result<[u8; DEK + TAG], CryptoError> {
+fn wrap_dek(kek: &KekVersion, aad: &RecordAad<'_>, nonce: &[u8], dek: &[u8]) -> Result<[u8; DEK + TAG], CryptoError> {
     let cipher = kek.cipher().ok_or(CryptoError::NoActiveKey(kek.version))?;
     let mut wrapped = [0u8; DEK + TAG];
     let (body, tag_slot) = wrapped.split_at_mut(DEK);
@@ -196,11 +165,7 @@ fn wrap_dek(
     Ok(wrapped)
 }
 
-fn unwrap_dek(
-    kek: &KekVersion,
-    aad: &RecordAad<'_>,
-    envelope: &Envelope,
-) -> Result<Zeroizing<[u8; DEK]>, CryptoError> {
+fn unwrap_dek(kek: &KekVersion, aad: &RecordAad<'_>, envelope: &Envelope) -> Result<Zeroizing<[u8; DEK]>, CryptoError> {
     let cipher = kek.cipher().ok_or(CryptoError::Open)?;
     let nonce = envelope
         .0
@@ -243,10 +208,7 @@ mod tests {
         let ring = keyring();
         let env = seal(&ring, AAD, b"4111111111111111").ok();
         let plain = env.as_ref().and_then(|e| open(&ring, AAD, e).ok());
-        assert_eq!(
-            plain.as_deref().map(Vec::as_slice),
-            Some(&b"4111111111111111"[..])
-        );
+        assert_eq!(plain.as_deref().map(Vec::as_slice), Some(&b"4111111111111111"[..]));
         assert!(!env.is_some_and(|e| e.0.windows(4).any(|w| w == b"4111")));
     }
 
@@ -279,10 +241,7 @@ mod tests {
             tenant: "shop-us",
             ..AAD
         };
-        let other_type = RecordAad {
-            record_type: 2,
-            ..AAD
-        };
+        let other_type = RecordAad { record_type: 2, ..AAD };
         for aad in [other_token, other_tenant, other_type] {
             assert!(matches!(open(&ring, aad, &env), Err(CryptoError::Open)));
         }

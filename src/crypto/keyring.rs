@@ -134,10 +134,7 @@ impl Keyring {
     /// A new keyring with KEK version 1 active and fresh fingerprint and audit keys.
     pub fn generate(now_unix: i64) -> Result<Keyring, CryptoError> {
         let mut versions = BTreeMap::new();
-        versions.insert(
-            1,
-            KekVersion::new(1, KekState::Active, now_unix, Some(random_key()?)),
-        );
+        versions.insert(1, KekVersion::new(1, KekState::Active, now_unix, Some(random_key()?)));
         Ok(Keyring {
             versions,
             active: 1,
@@ -197,9 +194,7 @@ impl Keyring {
     /// Destroys a non-active version's key material.
     pub fn retire(&mut self, version: u32) -> Result<(), CryptoError> {
         if version == self.active {
-            return Err(CryptoError::Keyring(
-                "the active key version cannot be retired",
-            ));
+            return Err(CryptoError::Keyring("the active key version cannot be retired"));
         }
         let entry = self
             .versions
@@ -212,11 +207,7 @@ impl Keyring {
     }
 
     /// Seals the keyring under `passphrase` with fresh salt and nonce.
-    pub fn seal(
-        &self,
-        passphrase: &Passphrase,
-        params: KdfParams,
-    ) -> Result<SealedKeyring, CryptoError> {
+    pub fn seal(&self, passphrase: &Passphrase, params: KdfParams) -> Result<SealedKeyring, CryptoError> {
         params.check()?;
         let mut random = [0u8; 16 + 12];
         fill_random(&mut random)?;
@@ -235,8 +226,8 @@ impl Keyring {
         }
         .aad();
         let key = derive(passphrase, salt, params)?;
-        let cipher = Aes256Gcm::new_from_slice(key.as_slice())
-            .map_err(|_| CryptoError::Keyring("key derivation failed"))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| CryptoError::Keyring("key derivation failed"))?;
         let mut body = self.encode();
         let tag = cipher
             .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, body.as_mut_slice())
@@ -390,9 +381,7 @@ impl KdfParams {
                 "the keyring's Argon2id parameters are below 64 MiB and 3 passes",
             ));
         }
-        if self.memory_kib > MAX_MEMORY_KIB
-            || self.iterations > MAX_ITERATIONS
-            || !(1..=16).contains(&self.parallelism)
+        if self.memory_kib > MAX_MEMORY_KIB || self.iterations > MAX_ITERATIONS || !(1..=16).contains(&self.parallelism)
         {
             return Err(CryptoError::Keyring(
                 "the keyring's Argon2id parameters are out of range",
@@ -402,27 +391,14 @@ impl KdfParams {
     }
 }
 
-fn derive(
-    passphrase: &Passphrase,
-    salt: &[u8],
-    params: KdfParams,
-) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+fn derive(passphrase: &Passphrase, salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     const FAILED: CryptoError = CryptoError::Keyring("Argon2id key derivation failed");
-    let argon_params = Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        Some(32),
-    )
-    .map_err(|_| FAILED)?;
+    let argon_params =
+        Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32)).map_err(|_| FAILED)?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     let mut key = Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(
-            passphrase.expose_secret().as_bytes(),
-            salt,
-            key.as_mut_slice(),
-        )
+        .hash_password_into(passphrase.expose_secret().as_bytes(), salt, key.as_mut_slice())
         .map_err(|_| FAILED)?;
     Ok(key)
 }
@@ -480,8 +456,7 @@ impl SealedKeyring {
     }
 }
 
-const UNSEAL_FAILED: &str =
-    "the keyring cannot be unsealed: the passphrase is wrong or the keyring file was modified";
+const UNSEAL_FAILED: &str = "the keyring cannot be unsealed: the passphrase is wrong or the keyring file was modified";
 
 impl SealedKeyring {
     pub fn parse(text: &str) -> Result<SealedKeyring, CryptoError> {
@@ -493,9 +468,7 @@ impl SealedKeyring {
             ));
         }
         if sealed.kdf.algorithm != "argon2id" {
-            return Err(CryptoError::Keyring(
-                "the keyring file names an unsupported KDF",
-            ));
+            return Err(CryptoError::Keyring("the keyring file names an unsupported KDF"));
         }
         Ok(sealed)
     }
@@ -533,8 +506,7 @@ impl SealedKeyring {
             return Err(CryptoError::Keyring(UNSEAL_FAILED));
         }
         let key = derive(passphrase, &salt, params)?;
-        let cipher = Aes256Gcm::new_from_slice(key.as_slice())
-            .map_err(|_| CryptoError::Keyring(UNSEAL_FAILED))?;
+        let cipher = Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| CryptoError::Keyring(UNSEAL_FAILED))?;
         let tag_at = body.len() - 16;
         let tag = Tag::clone_from_slice(body.get(tag_at..).unwrap_or_default());
         body.truncate(tag_at);

@@ -14,8 +14,7 @@ pub const MAC_LEN: usize = 32;
 fn hmac(key: &KeyBytes) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail for a 32-byte key; the
     // fallback keeps this path free of panics all the same.
-    HmacSha256::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| HmacSha256::new(&Default::default()))
+    HmacSha256::new_from_slice(key.expose_secret()).unwrap_or_else(|_| HmacSha256::new(&Default::default()))
 }
 
 fn put_field(mac: &mut HmacSha256, bytes: &[u8]) {

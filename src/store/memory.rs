@@ -53,12 +53,7 @@ impl Store for MemoryStore {
             .map(|(k, v)| (k.clone(), v.clone())))
     }
 
-    fn scan_from(
-        &self,
-        table: Table,
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
+    fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .lock()?
             .get(&table)

@@ -17,16 +17,32 @@ pub enum Table {
     Fingerprints,
     /// big-endian sequence number → audit entry.
     Audit,
+    /// `tenant \0 customer \0 inverted-time token` → empty: a customer's wallet, newest first.
+    Customers,
+    /// `kind, expiry (u64 BE), id` → empty: what the purge task removes, oldest first.
+    Expiries,
+    /// `identity \0 tenant \0 key` → the first response to an `Idempotency-Key`.
+    Idempotency,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Records, Table::Fingerprints, Table::Audit];
+    pub const ALL: [Table; 6] = [
+        Table::Records,
+        Table::Fingerprints,
+        Table::Audit,
+        Table::Customers,
+        Table::Expiries,
+        Table::Idempotency,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Records => "records",
             Table::Fingerprints => "fingerprints",
             Table::Audit => "audit",
+            Table::Customers => "customers",
+            Table::Expiries => "expiries",
+            Table::Idempotency => "idempotency",
         }
     }
 }
@@ -80,10 +96,5 @@ pub trait Store: Send + Sync + 'static {
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
 
     /// Up to `limit` entries with keys `>= from`, in key order.
-    fn scan_from(
-        &self,
-        table: Table,
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError>;
+    fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
 }

@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use super::{KeyValue, Store, StoreError, Table, WriteOp};
@@ -23,8 +22,7 @@ impl RocksStore {
     /// Opens (or creates) the store in `dir`. `max_open_files` should come from the
     /// process's file limit, leaving room for sockets.
     pub fn open(dir: &Path, max_open_files: i32) -> Result<RocksStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -36,15 +34,14 @@ impl RocksStore {
             cf.set_compression_type(DBCompressionType::None);
             ColumnFamilyDescriptor::new(t.name(), cf)
         });
-        let db = DB::open_cf_descriptors(&options, dir, cfs)
-            .map_err(|e| StoreError::Open(e.into_string()))?;
+        let db = DB::open_cf_descriptors(&options, dir, cfs).map_err(|e| StoreError::Open(e.into_string()))?;
         Ok(RocksStore { db })
     }
 
     fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(table.name()).ok_or_else(|| {
-            StoreError::Unavailable(format!("column family {} missing", table.name()))
-        })
+        self.db
+            .cf_handle(table.name())
+            .ok_or_else(|| StoreError::Unavailable(format!("column family {} missing", table.name())))
     }
 }
 
@@ -76,16 +73,10 @@ impl Store for RocksStore {
         }
     }
 
-    fn scan_from(
-        &self,
-        table: Table,
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        let iter = self.db.iterator_cf(
-            self.cf(table)?,
-            IteratorMode::From(from, Direction::Forward),
-        );
+    fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let iter = self
+            .db
+            .iterator_cf(self.cf(table)?, IteratorMode::From(from, Direction::Forward));
         let mut out = Vec::new();
         for item in iter.take(limit) {
             let (k, v) = item.map_err(unavailable)?;
@@ -113,22 +104,10 @@ mod tests {
             WriteOp::put(Table::Records, b"k".to_vec(), b"v".to_vec()),
         ];
         assert!(store.write(&ops, true).is_ok());
-        assert_eq!(
-            store.get(Table::Records, b"k").ok().flatten(),
-            Some(b"v".to_vec())
-        );
+        assert_eq!(store.get(Table::Records, b"k").ok().flatten(), Some(b"v".to_vec()));
         assert_eq!(store.get(Table::Audit, b"k").ok().flatten(), None);
-        assert_eq!(
-            store.last(Table::Audit).ok().flatten().map(|kv| kv.0),
-            Some(vec![2])
-        );
-        assert_eq!(
-            store
-                .scan_from(Table::Audit, &[2], 10)
-                .map(|v| v.len())
-                .ok(),
-            Some(1)
-        );
+        assert_eq!(store.last(Table::Audit).ok().flatten().map(|kv| kv.0), Some(vec![2]));
+        assert_eq!(store.scan_from(Table::Audit, &[2], 10).map(|v| v.len()).ok(), Some(1));
         assert!(store
             .write(&[WriteOp::delete(Table::Records, b"k".to_vec())], true)
             .is_ok());

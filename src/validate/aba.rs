@@ -36,10 +36,7 @@ pub fn validate_routing_number(raw: &str) -> Result<String, ValidationError> {
         ));
     };
     if digits.iter().all(|&d| d == 0) {
-        return Err(routing_error(
-            "zero",
-            "bank_account.routing_number cannot be all zeros",
-        ));
+        return Err(routing_error("zero", "bank_account.routing_number cannot be all zeros"));
     }
     let sum = 3 * (d1 + d4 + d7) + 7 * (d2 + d5 + d8) + (d3 + d6 + d9);
     if sum % 10 != 0 {
@@ -84,9 +81,7 @@ mod tests {
     use super::*;
 
     fn reason(raw: &str) -> &'static str {
-        validate_routing_number(raw)
-            .err()
-            .map_or("ok", |e| e.reason)
+        validate_routing_number(raw).err().map_or("ok", |e| e.reason)
     }
 
     #[test]

@@ -190,9 +190,7 @@ impl Range {
 fn bin8(pan: &[u8]) -> u32 {
     let mut value = 0u32;
     for i in 0..BIN_DIGITS as usize {
-        let d = pan
-            .get(i)
-            .map_or(0, |b| u32::from(b.wrapping_sub(b'0')) % 10);
+        let d = pan.get(i).map_or(0, |b| u32::from(b.wrapping_sub(b'0')) % 10);
         value = value * 10 + d;
     }
     value

@@ -32,10 +32,7 @@ pub fn normalize_pan(raw: &str) -> Result<Pan, ValidationError> {
         }
     }
     if !(MIN_PAN_DIGITS..=MAX_PAN_DIGITS).contains(&n_digits) {
-        return Err(number_error(
-            "length",
-            "card.number must have 12 to 19 digits",
-        ));
+        return Err(number_error("length", "card.number must have 12 to 19 digits"));
     }
     let mut digits = String::with_capacity(n_digits);
     digits.extend(raw.chars().filter(char::is_ascii_digit));
@@ -67,12 +64,7 @@ pub fn validate_cvc(raw: &str, brand: Brand) -> Result<Cvc, ValidationError> {
         } else {
             "card.cvc must have 3 digits for this brand"
         };
-        return Err(ValidationError::new(
-            Code::InvalidCvc,
-            FIELD_CVC,
-            "length",
-            detail,
-        ));
+        return Err(ValidationError::new(Code::InvalidCvc, FIELD_CVC, "length", detail));
     }
     Ok(Cvc::copy_from(raw))
 }
@@ -129,9 +121,7 @@ mod tests {
 
     #[test]
     fn error_text_never_holds_the_number() {
-        let err = normalize_pan("4111111111111112")
-            .err()
-            .map(|e| e.to_string());
+        let err = normalize_pan("4111111111111112").err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| !e.contains("411111")));
     }
 
@@ -157,13 +147,7 @@ mod tests {
             validate_cvc("1234", Brand::Visa).err().map(|e| e.reason),
             Some("length")
         );
-        assert_eq!(
-            validate_cvc("123", Brand::Amex).err().map(|e| e.reason),
-            Some("length")
-        );
-        assert_eq!(
-            validate_cvc("12a", Brand::Visa).err().map(|e| e.reason),
-            Some("chars")
-        );
+        assert_eq!(validate_cvc("123", Brand::Amex).err().map(|e| e.reason), Some("length"));
+        assert_eq!(validate_cvc("12a", Brand::Visa).err().map(|e| e.reason), Some("chars"));
     }
 }

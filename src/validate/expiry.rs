@@ -82,18 +82,11 @@ fn expiry_instant(ym: YearMonth) -> Option<OffsetDateTime> {
 }
 
 /// Validates an expiry month and year against `now`.
-pub fn validate_expiry(
-    month: RawInt<'_>,
-    year: RawInt<'_>,
-    now: OffsetDateTime,
-) -> Result<YearMonth, ValidationError> {
+pub fn validate_expiry(month: RawInt<'_>, year: RawInt<'_>, now: OffsetDateTime) -> Result<YearMonth, ValidationError> {
     let month = parse_month(month)?;
     let year = parse_year(year)?;
     if i32::from(year) > now.year() + MAX_YEARS_AHEAD {
-        return Err(year_error(
-            "range",
-            "card.exp_year must be at most 50 years ahead",
-        ));
+        return Err(year_error("range", "card.exp_year must be at most 50 years ahead"));
     }
     let ym = YearMonth { year, month };
     match expiry_instant(ym) {

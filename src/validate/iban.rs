@@ -104,10 +104,7 @@ const LENGTHS: &[(&str, usize)] = &[
 
 /// The registry length of a country's IBANs, if the country uses IBAN.
 pub fn iban_country_length(country: &str) -> Option<usize> {
-    LENGTHS
-        .iter()
-        .find(|(code, _)| *code == country)
-        .map(|&(_, len)| len)
+    LENGTHS.iter().find(|(code, _)| *code == country).map(|&(_, len)| len)
 }
 
 fn error(reason: &'static str, detail: &str) -> ValidationError {
@@ -133,19 +130,12 @@ pub fn normalize_iban(raw: &str) -> Result<(Iban, String), ValidationError> {
         }
     }
     let mut normal = String::with_capacity(n);
-    normal.extend(
-        raw.chars()
-            .filter(|c| *c != ' ')
-            .map(|c| c.to_ascii_uppercase()),
-    );
+    normal.extend(raw.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_uppercase()));
     let iban = Iban::new(normal.into_boxed_str());
     let bytes = iban.expose_secret().as_bytes();
     let country = match bytes {
         [a, b, c, d, ..]
-            if a.is_ascii_alphabetic()
-                && b.is_ascii_alphabetic()
-                && c.is_ascii_digit()
-                && d.is_ascii_digit() =>
+            if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() && c.is_ascii_digit() && d.is_ascii_digit() =>
         {
             String::from_utf8_lossy(&[*a, *b]).into_owned()
         }
@@ -157,10 +147,7 @@ pub fn normalize_iban(raw: &str) -> Result<(Iban, String), ValidationError> {
         }
     };
     let Some(expected) = iban_country_length(&country) else {
-        return Err(error(
-            "country",
-            "bank_account.iban has an unknown country code",
-        ));
+        return Err(error("country", "bank_account.iban has an unknown country code"));
     };
     if bytes.len() != expected {
         return Err(error(
@@ -170,16 +157,10 @@ pub fn normalize_iban(raw: &str) -> Result<(Iban, String), ValidationError> {
     }
     let check = bytes.get(2..4).unwrap_or_default();
     if check == b"00" || check == b"01" || check == b"99" {
-        return Err(error(
-            "checksum",
-            "bank_account.iban fails the mod-97 check",
-        ));
+        return Err(error("checksum", "bank_account.iban fails the mod-97 check"));
     }
     if mod97(bytes) != 1 {
-        return Err(error(
-            "checksum",
-            "bank_account.iban fails the mod-97 check",
-        ));
+        return Err(error("checksum", "bank_account.iban fails the mod-97 check"));
     }
     Ok((iban, country))
 }

@@ -8,9 +8,8 @@ use super::input::{AccountType, AddressInput, BankInput, CardInput, TokenizeRequ
 use super::record::{BankMeta, CardMeta};
 use crate::secret::{AccountNumber, Cvc, Iban, Pan, Personal, SecretInput};
 use crate::validate::{
-    bin_and_last4, detect_brand, normalize_iban, normalize_pan, validate_account_number,
-    validate_cvc, validate_expiry, validate_routing_number, validate_text, Brand, Code,
-    ValidationError, YearMonth,
+    bin_and_last4, detect_brand, normalize_iban, normalize_pan, validate_account_number, validate_cvc, validate_expiry,
+    validate_routing_number, validate_text, Brand, Code, ValidationError, YearMonth,
 };
 
 pub const TYPE_CARD: u8 = 1;
@@ -62,11 +61,7 @@ fn invalid(field: &str, reason: &'static str, detail: &str) -> ValidationError {
     ValidationError::new(Code::InvalidRequest, field, reason, detail)
 }
 
-fn personal(
-    field: &str,
-    input: Option<&SecretInput>,
-    max: usize,
-) -> Result<Option<Personal>, ValidationError> {
+fn personal(field: &str, input: Option<&SecretInput>, max: usize) -> Result<Option<Personal>, ValidationError> {
     match input {
         None => Ok(None),
         Some(value) => {
@@ -77,10 +72,7 @@ fn personal(
 }
 
 /// Validates the credential part of a tokenize request against `now`.
-pub fn validate_request(
-    request: &TokenizeRequest,
-    now: OffsetDateTime,
-) -> Result<Credential, ValidationError> {
+pub fn validate_request(request: &TokenizeRequest, now: OffsetDateTime) -> Result<Credential, ValidationError> {
     if let Some(customer) = &request.customer {
         validate_text("customer", customer, 128)?;
     }
@@ -128,9 +120,8 @@ fn validate_card(input: &CardInput, now: OffsetDateTime) -> Result<Card, Validat
 }
 
 fn validate_address(a: &AddressInput) -> Result<Address, ValidationError> {
-    let f = |name: &str, v: Option<&SecretInput>| {
-        personal(&format!("card.billing_address.{name}"), v, MAX_ADDRESS_LINE)
-    };
+    let f =
+        |name: &str, v: Option<&SecretInput>| personal(&format!("card.billing_address.{name}"), v, MAX_ADDRESS_LINE);
     Ok(Address {
         line1: f("line1", a.line1.as_ref())?,
         line2: f("line2", a.line2.as_ref())?,
@@ -157,14 +148,8 @@ fn validate_bic(raw: &str) -> Result<String, ValidationError> {
 }
 
 fn validate_bank(input: &BankInput) -> Result<Credential, ValidationError> {
-    let holder_name = personal(
-        "bank_account.holder_name",
-        input.holder_name.as_ref(),
-        MAX_NAME,
-    )?;
-    let ach_fields = input.routing_number.is_some()
-        || input.account_number.is_some()
-        || input.account_type.is_some();
+    let holder_name = personal("bank_account.holder_name", input.holder_name.as_ref(), MAX_NAME)?;
+    let ach_fields = input.routing_number.is_some() || input.account_number.is_some() || input.account_type.is_some();
     if let Some(iban) = &input.iban {
         if ach_fields {
             return Err(invalid(
@@ -248,19 +233,11 @@ impl Credential {
     /// The kind and normalised bytes the fingerprint is computed over.
     pub fn fingerprint_input(&self) -> (&'static str, Zeroizing<Vec<u8>>) {
         match self {
-            Credential::Card(c) => (
-                "card",
-                Zeroizing::new(c.pan.expose_secret().as_bytes().to_vec()),
-            ),
-            Credential::Iban(b) => (
-                "iban",
-                Zeroizing::new(b.iban.expose_secret().as_bytes().to_vec()),
-            ),
+            Credential::Card(c) => ("card", Zeroizing::new(c.pan.expose_secret().as_bytes().to_vec())),
+            Credential::Iban(b) => ("iban", Zeroizing::new(b.iban.expose_secret().as_bytes().to_vec())),
             Credential::Ach(a) => {
                 let account = a.account_number.expose_secret();
-                let mut bytes = Zeroizing::new(Vec::with_capacity(
-                    a.routing_number.len() + 1 + account.len(),
-                ));
+                let mut bytes = Zeroizing::new(Vec::with_capacity(a.routing_number.len() + 1 + account.len()));
                 bytes.extend_from_slice(a.routing_number.as_bytes());
                 bytes.push(b':');
                 bytes.extend_from_slice(account.as_bytes());
@@ -322,11 +299,7 @@ impl Credential {
     }
 
     pub fn bank_meta(&self, fingerprint: &str) -> Option<BankMeta> {
-        let last4 = |s: &str| {
-            s.get(s.len().saturating_sub(4)..)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let last4 = |s: &str| s.get(s.len().saturating_sub(4)..).unwrap_or_default().to_owned();
         match self {
             Credential::Card(_) => None,
             Credential::Iban(b) => Some(BankMeta {

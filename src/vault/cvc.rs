@@ -28,9 +28,7 @@ impl CvcCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (Cvc, OffsetDateTime)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn put(&self, key: Vec<u8>, cvc: Cvc, now: OffsetDateTime) {
@@ -73,18 +71,13 @@ mod tests {
         let cache = CvcCache::new(time::Duration::minutes(10));
         cache.put(b"a".to_vec(), Cvc::copy_from("123"), now);
         assert_eq!(
-            cache
-                .take(b"a", now)
-                .map(|c| c.expose_secret().to_owned())
-                .as_deref(),
+            cache.take(b"a", now).map(|c| c.expose_secret().to_owned()).as_deref(),
             Some("123")
         );
         assert!(cache.take(b"a", now).is_none());
 
         cache.put(b"b".to_vec(), Cvc::copy_from("456"), now);
-        assert!(cache
-            .take(b"b", now + time::Duration::minutes(10))
-            .is_none());
+        assert!(cache.take(b"b", now + time::Duration::minutes(10)).is_none());
 
         cache.put(b"c".to_vec(), Cvc::copy_from("789"), now);
         assert_eq!(cache.sweep(now + time::Duration::minutes(11)), 1);

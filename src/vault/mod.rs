@@ -1,33 +1,38 @@
-//! The domain service: tokenize, read metadata, detokenize, delete. It knows neither
-//! HTTP nor RocksDB; it validates, seals and opens records, and hands durable
-//! changes (with their audit entries) to the group committer.
+//! The domain service: tokenize, read metadata, detokenize, update, delete, list a
+//! customer's wallet, purge expired tokens. It knows neither HTTP nor RocksDB; it
+//! validates, seals and opens records, and hands durable changes (with their audit
+//! entries and preconditions) to the group committer.
 
 pub mod credential;
 pub mod cvc;
+mod idempotency;
 pub mod input;
+mod purge;
 pub mod record;
 mod reveal;
+mod tokenize;
+mod update;
+mod wallet;
 
 use std::sync::{Arc, RwLock};
 
 use crate::audit::AuditEvent;
-use crate::auth::{Authorized, Delete, Detokenize, ReadMetadata, Tokenize};
-use crate::clock::{rfc3339, Clock};
-use crate::commit::{Change, Committer};
-use crate::crypto::{fingerprint, open, seal, CryptoError, Keyring, RecordAad};
+use crate::auth::{Authorized, Delete, Detokenize, ReadMetadata};
+use crate::clock::Clock;
+use crate::commit::{Change, Committer, Expect};
+use crate::crypto::{open, CryptoError, Keyring, RecordAad};
 use crate::store::{Store, StoreError, Table, WriteOp};
 use crate::token::Token;
 use crate::validate::ValidationError;
 
-use credential::{validate_request, Credential};
 use cvc::CvcCache;
-use input::{TokenFormat, TokenizeRequest};
-use record::{encode_payload, fingerprint_key, Metadata, StoredRecord};
-pub use reveal::{Detokenized, Revealed};
+use record::{fingerprint_key, Metadata, StoredRecord};
 
-/// How often tokenize draws a new token after a collision (numeric tokens of short
-/// PANs have few free digits).
-const MAX_TOKEN_ATTEMPTS: usize = 16;
+pub use idempotency::{IdempotencyKey, Lookup};
+pub use reveal::{Detokenized, Revealed};
+pub use tokenize::{BatchItem, Prepared, Tokenized};
+pub use update::PatchRequest;
+pub use wallet::WalletPage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -39,6 +44,12 @@ pub enum VaultError {
     Expired,
     #[error("no free token could be drawn")]
     TokenSpaceExhausted,
+    #[error("forbidden: {0}")]
+    Forbidden(#[from] crate::auth::AuthError),
+    #[error("the idempotency key was used with another request")]
+    IdempotencyKeyReused,
+    #[error("the record changed concurrently")]
+    Conflict,
     #[error("a stored record could not be read")]
     Corrupt,
     #[error("crypto failure: {0}")]
@@ -47,11 +58,8 @@ pub enum VaultError {
     Store(#[from] StoreError),
 }
 
-pub struct Tokenized {
-    /// False when `reuse_existing` found the credential already tokenized.
-    pub created: bool,
-    pub meta: Metadata,
-}
+/// Identity recorded for the vault's own actions (start, stop, purge).
+pub const SYSTEM: &str = "tokenvault";
 
 pub struct Vault {
     keyring: RwLock<Arc<Keyring>>,
@@ -94,287 +102,175 @@ impl Vault {
         self.clock.as_ref()
     }
 
-    pub async fn tokenize(
-        &self,
-        auth: &Authorized<Tokenize>,
-        request: &TokenizeRequest,
-        request_id: &str,
-    ) -> Result<Tokenized, VaultError> {
-        let now = self.clock.now();
-        let mut credential = validate_request(request, now)?;
-        let tenant = auth.tenant();
-        let ring = self.keyring();
-        let (kind, normalized) = credential.fingerprint_input();
-        let fingerprint = fingerprint(ring.fingerprint_key(), tenant, kind, &normalized);
-        let cvc = match &mut credential {
-            Credential::Card(card) => card.cvc.take(),
-            _ => None,
-        };
-        let event = |outcome, token: &str| {
-            AuditEvent::new(auth.identity(), "tokenize", outcome)
-                .tenant(tenant)
-                .token(token)
-                .request_id(request_id)
-                .key_version(ring.active_version())
-        };
-
-        if request.reuse_existing {
-            if let Some(meta) = self.existing(tenant, &fingerprint)? {
-                let change = Change {
-                    events: vec![event("reused", &meta.token)],
-                    ..Change::default()
-                };
-                self.committer.commit(change).await?;
-                if let Some(cvc) = cvc {
-                    self.cvc.put(meta.token.clone().into_bytes(), cvc, now);
-                }
-                return Ok(Tokenized {
-                    created: false,
-                    meta,
-                });
-            }
-        }
-
-        let payload = encode_payload(&credential.payload_fields());
-        let expires_unix = request.ttl_seconds.map(|ttl| {
-            now.unix_timestamp()
-                .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
-        });
-        for _ in 0..MAX_TOKEN_ATTEMPTS {
-            let token = match (request.format, &credential) {
-                (TokenFormat::Numeric, Credential::Card(card)) => {
-                    Token::generate_numeric(card.pan.expose_secret())?
-                }
-                (TokenFormat::Numeric, _) => {
-                    return Err(ValidationError::new(
-                        crate::validate::Code::InvalidRequest,
-                        "format",
-                        "numeric_card_only",
-                        "format numeric is available for cards only",
-                    )
-                    .into())
-                }
-                (TokenFormat::Opaque, _) => Token::generate_opaque()?,
-            };
-            let meta = Metadata {
-                token: token.as_str().to_owned(),
-                kind: if matches!(credential, Credential::Card(_)) {
-                    "card"
-                } else {
-                    "bank_account"
-                }
-                .to_owned(),
-                tenant: tenant.to_owned(),
-                customer: request.customer.clone(),
-                created_at: rfc3339(now),
-                expires_at: expires_unix
-                    .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
-                    .map(rfc3339),
-                card: credential.card_meta(&fingerprint),
-                bank_account: credential.bank_meta(&fingerprint),
-            };
-            let aad = RecordAad {
-                token: token.as_str(),
-                tenant,
-                record_type: credential.record_type(),
-            };
-            let record = StoredRecord {
-                record_type: credential.record_type(),
-                expires_unix,
-                envelope: seal(&ring, aad, &payload)?,
-                meta,
-            };
-            let token_key = token.as_str().as_bytes().to_vec();
-            let change = Change {
-                ops: vec![
-                    WriteOp::put(Table::Records, token_key.clone(), record.encode()),
-                    WriteOp::put(
-                        Table::Fingerprints,
-                        fingerprint_key(tenant, &fingerprint),
-                        token_key.clone(),
-                    ),
-                ],
-                events: vec![event("ok", token.as_str())],
-                absent: vec![(Table::Records, token_key.clone())],
-            };
-            match self.committer.commit(change).await {
-                Ok(()) => {
-                    if let Some(cvc) = cvc {
-                        self.cvc.put(token_key, cvc, now);
-                    }
-                    return Ok(Tokenized {
-                        created: true,
-                        meta: record.meta,
-                    });
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(VaultError::TokenSpaceExhausted)
+    fn now_unix(&self) -> i64 {
+        self.clock.now().unix_timestamp()
     }
 
-    /// The live record of the tenant's credential with this fingerprint, if any.
-    fn existing(&self, tenant: &str, fingerprint: &str) -> Result<Option<Metadata>, VaultError> {
-        let Some(token) = self
-            .store
-            .get(Table::Fingerprints, &fingerprint_key(tenant, fingerprint))?
-        else {
+    /// Reads a record by token, whoever owns it. `None` for unknown or malformed.
+    fn load(&self, token: &str) -> Result<Option<(StoredRecord, Vec<u8>)>, VaultError> {
+        let Some(token) = Token::parse(token) else {
             return Ok(None);
         };
-        let Some(bytes) = self.store.get(Table::Records, &token)? else {
+        let Some(bytes) = self.store.get(Table::Records, token.as_str().as_bytes())? else {
             return Ok(None);
         };
         let record = StoredRecord::decode(&bytes).map_err(|_| VaultError::Corrupt)?;
-        let live =
-            record.meta.tenant == tenant && !record.is_expired(self.clock.now().unix_timestamp());
-        Ok(live.then_some(record.meta))
+        if record.meta.token != token.as_str() {
+            return Err(VaultError::Corrupt);
+        }
+        Ok(Some((record, bytes)))
     }
 
-    /// Reads a record the caller may see: another tenant's token and an unknown one
-    /// are the same `NotFound`.
-    fn find(&self, tenants: &[String], token: &str) -> Result<StoredRecord, VaultError> {
-        let token = Token::parse(token).ok_or(VaultError::NotFound)?;
-        let bytes = self
-            .store
-            .get(Table::Records, token.as_str().as_bytes())?
-            .ok_or(VaultError::NotFound)?;
-        let record = StoredRecord::decode(&bytes).map_err(|_| VaultError::Corrupt)?;
-        if record.meta.token != token.as_str() || !tenants.contains(&record.meta.tenant) {
+    /// Reads a record the caller may see. Another tenant's token and an unknown one
+    /// are the same `NotFound`; an expired one is `Expired` (when `live`).
+    fn find(&self, tenants: &[String], token: &str, live: bool) -> Result<(StoredRecord, Vec<u8>), VaultError> {
+        let (record, bytes) = self.load(token)?.ok_or(VaultError::NotFound)?;
+        if !tenants.contains(&record.meta.tenant) {
             return Err(VaultError::NotFound);
         }
-        if record.is_expired(self.clock.now().unix_timestamp()) {
+        if live && record.is_expired(self.now_unix()) {
             return Err(VaultError::Expired);
         }
-        Ok(record)
+        Ok((record, bytes))
     }
 
-    pub fn metadata(
-        &self,
-        auth: &Authorized<ReadMetadata>,
-        token: &str,
-    ) -> Result<Metadata, VaultError> {
-        Ok(self.find(auth.tenants(), token)?.meta)
+    pub fn metadata(&self, auth: &Authorized<ReadMetadata>, token: &str) -> Result<Metadata, VaultError> {
+        Ok(self.find(auth.tenants(), token, true)?.0.meta)
     }
 
-    pub async fn detokenize(
-        &self,
-        auth: &Authorized<Detokenize>,
-        token: &str,
-        request_id: &str,
-    ) -> Result<Detokenized, VaultError> {
-        let record = match self.find(auth.tenants(), token) {
-            Ok(record) => record,
-            Err(e) => {
-                let outcome = match e {
-                    VaultError::NotFound => "not_found",
-                    VaultError::Expired => "expired",
-                    _ => "error",
-                };
-                let mut event =
-                    AuditEvent::new(auth.identity(), "detokenize", outcome).request_id(request_id);
-                if let Some(t) = Token::parse(token) {
-                    event = event.token(t.as_str());
-                }
-                self.committer
-                    .commit(Change {
-                        events: vec![event],
-                        ..Change::default()
-                    })
-                    .await?;
-                return Err(e);
-            }
-        };
+    fn open_payload(&self, record: &StoredRecord) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
         let ring = self.keyring();
         let aad = RecordAad {
             token: &record.meta.token,
             tenant: &record.meta.tenant,
             record_type: record.record_type,
         };
-        let plain = open(&ring, aad, &record.envelope)?;
-        let key_version = record.envelope.kek_version()?;
-        let cvc = self
-            .cvc
-            .take(record.meta.token.as_bytes(), self.clock.now());
-        let revealed = Revealed::from_payload(record.record_type, &plain, &record.meta, cvc)?;
-        // The disclosure is audited durably before any raw value leaves the vault.
-        let event = AuditEvent::new(auth.identity(), "detokenize", "ok")
-            .tenant(&record.meta.tenant)
-            .token(&record.meta.token)
-            .request_id(request_id)
-            .key_version(key_version);
-        self.committer
-            .commit(Change {
-                events: vec![event],
-                ..Change::default()
-            })
-            .await?;
-        Ok(Detokenized {
-            meta: record.meta,
-            revealed,
-        })
+        Ok(open(&ring, aad, &record.envelope)?)
     }
 
-    /// Crypto-shreds a record: the record (with its wrapped data key) and its
-    /// fingerprint index entry are deleted in one synced batch.
-    pub async fn delete(
-        &self,
-        auth: &Authorized<Delete>,
+    /// Opens one record for a detokenize, without auditing: the caller audits.
+    fn reveal(&self, tenants: &[String], token: &str) -> Result<(Detokenized, u32), VaultError> {
+        let (record, _) = self.find(tenants, token, true)?;
+        let plain = self.open_payload(&record)?;
+        let key_version = record.envelope.kek_version()?;
+        let cvc = self.cvc.take(record.meta.token.as_bytes(), self.clock.now());
+        let revealed = Revealed::from_payload(record.record_type, &plain, &record.meta, cvc)?;
+        Ok((
+            Detokenized {
+                meta: record.meta,
+                revealed,
+            },
+            key_version,
+        ))
+    }
+
+    fn detokenize_event(
+        identity: &str,
         token: &str,
         request_id: &str,
-    ) -> Result<(), VaultError> {
-        let record = match self.find(auth.tenants(), token) {
-            Ok(record) => record,
-            Err(VaultError::Expired) => {
-                let bytes = self
-                    .store
-                    .get(Table::Records, token.as_bytes())?
-                    .ok_or(VaultError::NotFound)?;
-                StoredRecord::decode(&bytes).map_err(|_| VaultError::Corrupt)?
-            }
-            Err(e) => return Err(e),
+        result: &Result<(Detokenized, u32), VaultError>,
+    ) -> AuditEvent {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(VaultError::NotFound) => "not_found",
+            Err(VaultError::Expired) => "expired",
+            Err(_) => "error",
         };
+        let mut event = AuditEvent::new(identity, "detokenize", outcome).request_id(request_id);
+        if let Some(t) = Token::parse(token) {
+            event = event.token(t.as_str());
+        }
+        if let Ok((d, version)) = result {
+            event = event.tenant(&d.meta.tenant).key_version(*version);
+        }
+        event
+    }
+
+    /// Reveals a token's raw values. The disclosure (or the refusal) is audited
+    /// durably before any raw value leaves the vault.
+    pub async fn detokenize(
+        &self,
+        auth: &Authorized<Detokenize>,
+        token: &str,
+        request_id: &str,
+    ) -> Result<Detokenized, VaultError> {
+        let result = self.reveal(auth.tenants(), token);
+        let event = Self::detokenize_event(auth.identity(), token, request_id, &result);
+        self.commit_events(vec![event]).await?;
+        result.map(|(d, _)| d)
+    }
+
+    /// Reveals up to 1,000 tokens, one result per token in order, all audited in
+    /// one durable write.
+    pub async fn detokenize_batch(
+        &self,
+        auth: &Authorized<Detokenize>,
+        tokens: &[String],
+        request_id: &str,
+    ) -> Result<Vec<Result<Detokenized, VaultError>>, VaultError> {
+        let mut events = Vec::with_capacity(tokens.len());
+        let mut results = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let result = self.reveal(auth.tenants(), token);
+            events.push(Self::detokenize_event(auth.identity(), token, request_id, &result));
+            results.push(result.map(|(d, _)| d));
+        }
+        self.commit_events(events).await?;
+        Ok(results)
+    }
+
+    /// The deletes of a record and every index entry that points at it.
+    fn removal_ops(&self, record: &StoredRecord) -> Result<Vec<WriteOp>, VaultError> {
         let meta = &record.meta;
-        let mut ops = vec![WriteOp::delete(
-            Table::Records,
-            meta.token.as_bytes().to_vec(),
-        )];
-        let fingerprint = meta
-            .card
-            .as_ref()
-            .map(|c| &c.fingerprint)
-            .or(meta.bank_account.as_ref().map(|b| &b.fingerprint));
-        if let Some(fp) = fingerprint {
+        let mut ops = vec![WriteOp::delete(Table::Records, meta.token.as_bytes().to_vec())];
+        for (table, key) in record.index_keys() {
+            ops.push(WriteOp::delete(table, key));
+        }
+        if let Some(fp) = record.fingerprint() {
             let key = fingerprint_key(&meta.tenant, fp);
-            if self.store.get(Table::Fingerprints, &key)?.as_deref() == Some(meta.token.as_bytes())
-            {
+            if self.store.get(Table::Fingerprints, &key)?.as_deref() == Some(meta.token.as_bytes()) {
                 ops.push(WriteOp::delete(Table::Fingerprints, key));
             }
         }
+        Ok(ops)
+    }
+
+    /// Crypto-shreds a record: the record (with its wrapped data key) and its index
+    /// entries are deleted in one synced batch, conditional on the record being the
+    /// one read.
+    pub async fn delete(&self, auth: &Authorized<Delete>, token: &str, request_id: &str) -> Result<(), VaultError> {
+        let (record, bytes) = self.find(auth.tenants(), token, false)?;
+        let meta = &record.meta;
         let event = AuditEvent::new(auth.identity(), "delete", "ok")
             .tenant(&meta.tenant)
             .token(&meta.token)
             .request_id(request_id);
-        self.committer
-            .commit(Change {
-                ops,
-                events: vec![event],
-                absent: vec![],
-            })
-            .await?;
+        let change = Change {
+            ops: self.removal_ops(&record)?,
+            events: vec![event],
+            expect: vec![Expect::value(Table::Records, meta.token.as_bytes().to_vec(), bytes)],
+        };
+        match self.committer.commit(change).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(VaultError::Conflict),
+            Err(e) => return Err(e.into()),
+        }
         self.cvc.forget(meta.token.as_bytes());
         Ok(())
     }
 
-    /// Records a refused request in the audit trail.
-    pub async fn audit(&self, event: AuditEvent) -> Result<(), VaultError> {
-        self.committer
-            .commit(Change {
-                events: vec![event],
-                ..Change::default()
-            })
-            .await?;
+    async fn commit_events(&self, events: Vec<AuditEvent>) -> Result<(), VaultError> {
+        let change = Change {
+            events,
+            ..Change::default()
+        };
+        self.committer.commit(change).await?;
         Ok(())
+    }
+
+    /// Records an event (a refused request, a start or stop) in the audit trail.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), VaultError> {
+        self.commit_events(vec![event]).await
     }
 
     /// Drops expired CVCs; the server calls this periodically.

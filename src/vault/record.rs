@@ -61,6 +61,8 @@ pub struct Metadata {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredHeader {
     record_type: u8,
+    #[serde(default)]
+    created_nanos: u64,
     expires_unix: Option<i64>,
     meta: Metadata,
 }
@@ -68,6 +70,8 @@ struct StoredHeader {
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub record_type: u8,
+    /// Creation time in Unix nanoseconds: orders a customer's wallet.
+    pub created_nanos: u64,
     pub expires_unix: Option<i64>,
     pub meta: Metadata,
     pub envelope: Envelope,
@@ -81,6 +85,7 @@ impl StoredRecord {
     pub fn encode(&self) -> Vec<u8> {
         let header = serde_json::to_vec(&StoredHeader {
             record_type: self.record_type,
+            created_nanos: self.created_nanos,
             expires_unix: self.expires_unix,
             meta: self.meta.clone(),
         })
@@ -107,6 +112,7 @@ impl StoredRecord {
         let header: StoredHeader = serde_json::from_slice(header).map_err(|_| MalformedRecord)?;
         Ok(StoredRecord {
             record_type: header.record_type,
+            created_nanos: header.created_nanos,
             expires_unix: header.expires_unix,
             meta: header.meta,
             envelope: Envelope(envelope.to_vec()),
@@ -130,6 +136,61 @@ pub fn record_key(tenant: &str, token: &str) -> Vec<u8> {
 /// `tenant \0 fingerprint`.
 pub fn fingerprint_key(tenant: &str, fingerprint: &str) -> Vec<u8> {
     record_key(tenant, fingerprint)
+}
+
+/// `tenant \0 customer \0`: the prefix of a customer's wallet entries.
+pub fn customer_prefix(tenant: &str, customer: &str) -> Vec<u8> {
+    let mut key = record_key(tenant, customer);
+    key.push(0);
+    key
+}
+
+/// A wallet entry: newest first because the time is inverted.
+pub fn customer_key(tenant: &str, customer: &str, created_nanos: u64, token: &str) -> Vec<u8> {
+    let mut key = customer_prefix(tenant, customer);
+    key.extend_from_slice(&(u64::MAX - created_nanos).to_be_bytes());
+    key.extend_from_slice(token.as_bytes());
+    key
+}
+
+/// Kinds of entries in the expiry index.
+pub const EXPIRY_TOKEN: u8 = 1;
+pub const EXPIRY_IDEMPOTENCY: u8 = 2;
+
+/// `kind, expiry (u64 BE), id`: ordered by expiry within a kind.
+pub fn expiry_key(kind: u8, expires_unix: i64, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(kind);
+    key.extend_from_slice(&u64::try_from(expires_unix).unwrap_or(0).to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+impl StoredRecord {
+    /// The index entries that point at this record, for deletion and purge.
+    pub fn index_keys(&self) -> Vec<(crate::store::Table, Vec<u8>)> {
+        use crate::store::Table;
+        let meta = &self.meta;
+        let mut keys = Vec::new();
+        if let Some(customer) = &meta.customer {
+            keys.push((
+                Table::Customers,
+                customer_key(&meta.tenant, customer, self.created_nanos, &meta.token),
+            ));
+        }
+        if let Some(at) = self.expires_unix {
+            keys.push((Table::Expiries, expiry_key(EXPIRY_TOKEN, at, meta.token.as_bytes())));
+        }
+        keys
+    }
+
+    pub fn fingerprint(&self) -> Option<&str> {
+        let meta = &self.meta;
+        meta.card
+            .as_ref()
+            .map(|c| c.fingerprint.as_str())
+            .or(meta.bank_account.as_ref().map(|b| b.fingerprint.as_str()))
+    }
 }
 
 /// Encodes payload fields into one exact-sized buffer.
@@ -189,6 +250,7 @@ mod tests {
     fn record_round_trip_and_garbage() {
         let record = StoredRecord {
             record_type: 1,
+            created_nanos: 0,
             expires_unix: Some(10),
             meta: Metadata {
                 token: "tok_x".into(),

@@ -73,9 +73,7 @@ impl Revealed {
         let fields = decode_payload(plain).map_err(|MalformedRecord| VaultError::Corrupt)?;
         let find = |t: u8| fields.iter().find(|(tag, _)| *tag == t).map(|(_, v)| *v);
         let personal = |t: u8| -> Result<Option<Personal>, VaultError> {
-            find(t)
-                .map(|v| text(v).map(Personal::copy_from))
-                .transpose()
+            find(t).map(|v| text(v).map(Personal::copy_from)).transpose()
         };
         let holder_name = personal(tag::HOLDER)?;
         match record_type {
@@ -108,9 +106,7 @@ impl Revealed {
                 let bank = meta.bank_account.as_ref().ok_or(VaultError::Corrupt)?;
                 Ok(Revealed::Ach {
                     routing_number: bank.routing_number.clone().ok_or(VaultError::Corrupt)?,
-                    account_number: AccountNumber::copy_from(text(
-                        find(tag::ACCOUNT).ok_or(VaultError::Corrupt)?,
-                    )?),
+                    account_number: AccountNumber::copy_from(text(find(tag::ACCOUNT).ok_or(VaultError::Corrupt)?)?),
                     account_type: bank.account_type,
                     holder_name,
                 })

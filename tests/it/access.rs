@@ -9,12 +9,7 @@ use crate::harness::{card_body, detokenize, get, post, TestVault};
 
 async fn token(vault: &TestVault) -> String {
     let mut checkout = vault.client("checkout").await;
-    let reply = post(
-        &mut checkout,
-        "/v1/tokens",
-        &card_body("4111111111111111", None),
-    )
-    .await;
+    let reply = post(&mut checkout, "/v1/tokens", &card_body("4111111111111111", None)).await;
     reply.json()["token"].as_str().unwrap().to_owned()
 }
 
@@ -30,10 +25,7 @@ async fn refused_config(vault: &TestVault, config: std::sync::Arc<rustls::Client
         Err(_) => {}
         Ok(mut client) => {
             let reply = client.request(Method::GET, "/healthz", None).await;
-            assert!(
-                reply.is_err(),
-                "request on a refused connection answered: {reply:?}"
-            );
+            assert!(reply.is_err(), "request on a refused connection answered: {reply:?}");
         }
     }
 }
@@ -51,10 +43,7 @@ async fn certificate_from_another_ca_is_refused() {
     let vault = TestVault::start();
     let other = Ca::new("someone else's CA").unwrap();
     let leaf = other
-        .issue(&LeafSpec::client(
-            "checkout",
-            Some("spiffe://test/checkout"),
-        ))
+        .issue(&LeafSpec::client("checkout", Some("spiffe://test/checkout")))
         .unwrap();
     let mut tls = vault.pki.tls("checkout");
     tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
@@ -69,22 +58,12 @@ async fn roles_are_enforced() {
     let mut checkout = vault.client("checkout").await;
     let mut security = vault.client("security").await;
 
-    let reply = post(
-        &mut gateway,
-        "/v1/tokens",
-        &card_body("4242424242424242", None),
-    )
-    .await;
+    let reply = post(&mut gateway, "/v1/tokens", &card_body("4242424242424242", None)).await;
     assert_eq!(reply.status, 403);
     assert_eq!(reply.json()["type"], "forbidden");
     assert_eq!(detokenize(&mut checkout, &token).await.status, 403);
     assert_eq!(detokenize(&mut security, &token).await.status, 403);
-    assert_eq!(
-        get(&mut security, &format!("/v1/tokens/{token}"))
-            .await
-            .status,
-        403
-    );
+    assert_eq!(get(&mut security, &format!("/v1/tokens/{token}")).await.status, 403);
     let delete = gateway
         .request(Method::DELETE, &format!("/v1/tokens/{token}"), None)
         .await
@@ -99,12 +78,7 @@ async fn unknown_identity_is_forbidden_and_health_is_open() {
     let vault = TestVault::start();
     let mut stranger = vault.client("stranger").await;
     assert_eq!(get(&mut stranger, "/healthz").await.status, 200);
-    let reply = post(
-        &mut stranger,
-        "/v1/tokens",
-        &card_body("4111111111111111", None),
-    )
-    .await;
+    let reply = post(&mut stranger, "/v1/tokens", &card_body("4111111111111111", None)).await;
     assert_eq!(reply.status, 403);
     assert_eq!(reply.json()["reason"], "unknown_identity");
 }
@@ -134,10 +108,7 @@ async fn unknown_and_malformed_tokens_are_404() {
 async fn wrong_method_and_media_type() {
     let vault = TestVault::start();
     let mut checkout = vault.client("checkout").await;
-    let reply = checkout
-        .request(Method::PUT, "/v1/tokens", Some(b"{}"))
-        .await
-        .unwrap();
+    let reply = checkout.request(Method::PUT, "/v1/tokens", Some(b"{}")).await.unwrap();
     assert_eq!(reply.status, 405);
     assert_eq!(reply.headers["allow"], "POST");
     let reply = checkout
@@ -156,32 +127,23 @@ async fn wrong_method_and_media_type() {
         (400, Some("invalid_json"))
     );
     let reply = post(&mut checkout, "/v1/tokens", r#"{"colour":"red","card":{}}"#).await;
-    assert_eq!(
-        (reply.status, reply.json()["field"].as_str()),
-        (400, Some("colour"))
-    );
+    assert_eq!((reply.status, reply.json()["field"].as_str()), (400, Some("colour")));
 }
 
 #[tokio::test]
 async fn alpn_selects_http2_or_http1() {
     let vault = TestVault::start();
     let mut tls = vault.pki.tls("checkout");
-    let h2 = Client::connect(vault.addr, tls.config().unwrap())
-        .await
-        .unwrap();
+    let h2 = Client::connect(vault.addr, tls.config().unwrap()).await.unwrap();
     assert_eq!(h2.alpn(), Some(&b"h2"[..]));
     tls.alpn = vec![b"http/1.1".to_vec()];
-    let mut h1 = Client::connect(vault.addr, tls.config().unwrap())
-        .await
-        .unwrap();
+    let mut h1 = Client::connect(vault.addr, tls.config().unwrap()).await.unwrap();
     assert_eq!(h1.alpn(), Some(&b"http/1.1"[..]));
     assert_eq!(get(&mut h1, "/healthz").await.status, 200);
     // A client offering only an unknown protocol is refused by the handshake
     // (rustls answers no_application_protocol).
     tls.alpn = vec![b"spdy/3".to_vec()];
-    assert!(Client::connect(vault.addr, tls.config().unwrap())
-        .await
-        .is_err());
+    assert!(Client::connect(vault.addr, tls.config().unwrap()).await.is_err());
 }
 
 /// F15: extended key usage and chain order of client certificates.
@@ -196,15 +158,8 @@ async fn client_certificate_purpose_and_chain() {
         tls
     };
     let accepted = |tls: ClientTls| async move {
-        let mut client = Client::connect(vault.addr, tls.config().unwrap())
-            .await
-            .unwrap();
-        let reply = post(
-            &mut client,
-            "/v1/tokens",
-            &card_body("4111111111111111", None),
-        )
-        .await;
+        let mut client = Client::connect(vault.addr, tls.config().unwrap()).await.unwrap();
+        let reply = post(&mut client, "/v1/tokens", &card_body("4111111111111111", None)).await;
         assert_eq!(reply.status, 201);
     };
 
@@ -226,15 +181,9 @@ async fn client_certificate_purpose_and_chain() {
     }
 
     let intermediate = vault.pki.ca.intermediate("test intermediate").unwrap();
-    let leaf = intermediate
-        .issue(&LeafSpec::client("checkout", Some(uri)))
-        .unwrap();
+    let leaf = intermediate.issue(&LeafSpec::client("checkout", Some(uri))).unwrap();
     let key = leaf.key_pem.as_bytes().to_vec();
-    accepted(with(
-        format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
-        &key,
-    ))
-    .await;
+    accepted(with(format!("{}{}", leaf.cert_pem, intermediate.cert_pem()), &key)).await;
     refused(&vault, with(leaf.cert_pem.clone(), &key)).await;
     // rustls's own client refuses to send a chain whose first certificate does not
     // match the key, so present one through a resolver that skips that check.
@@ -260,11 +209,7 @@ impl rustls::client::ResolvesClientCert for FixedCert {
 }
 
 /// A client config presenting `chain_pem` as is, signing with `key_pem`.
-fn raw_chain_config(
-    vault: &TestVault,
-    chain_pem: &str,
-    key_pem: &[u8],
-) -> std::sync::Arc<rustls::ClientConfig> {
+fn raw_chain_config(vault: &TestVault, chain_pem: &str, key_pem: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let provider = tokenvault::tls::provider();

@@ -52,10 +52,7 @@ fn start(dir: &std::path::Path, run: u32) -> Dev {
                 stdout: text,
             };
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "dev daemon did not start"
-        );
+        assert!(started.elapsed() < Duration::from_secs(120), "dev daemon did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -87,18 +84,13 @@ async fn serve_dev_bootstraps_once_and_reuses() {
         "security.key",
         "keyring.sealed",
     ] {
-        assert!(
-            dir.path().join("keys/dev").join(file).is_file(),
-            "{file} missing"
-        );
+        assert!(dir.path().join("keys/dev").join(file).is_file(), "{file} missing");
     }
     assert!(dir.path().join("data/dev").is_dir());
-    assert!(first.stdout.contains(
-        "curl --cacert keys/dev/ca.pem --cert keys/dev/checkout.pem --key keys/dev/checkout.key"
-    ));
     assert!(first
         .stdout
-        .contains(&format!("https://{}/v1/tokens", first.addr)));
+        .contains("curl --cacert keys/dev/ca.pem --cert keys/dev/checkout.pem --key keys/dev/checkout.key"));
+    assert!(first.stdout.contains(&format!("https://{}/v1/tokens", first.addr)));
 
     let mut checkout = client(dir.path(), first.addr, "checkout").await;
     let created = post(
@@ -116,10 +108,7 @@ async fn serve_dev_bootstraps_once_and_reuses() {
     drop(first);
 
     let second = start(dir.path(), 2);
-    assert_eq!(
-        std::fs::read(dir.path().join("keys/dev/ca.pem")).unwrap(),
-        ca
-    );
+    assert_eq!(std::fs::read(dir.path().join("keys/dev/ca.pem")).unwrap(), ca);
     assert_eq!(
         std::fs::read(dir.path().join("keys/dev/keyring.sealed")).unwrap(),
         keyring

@@ -55,9 +55,7 @@ async fn every_invalid_card_gets_its_problem() {
         let problem = reply.json();
         assert_eq!(problem["type"], code.as_str(), "{number}");
         assert_eq!(problem["field"], field.as_str(), "{number}");
-        assert!(problem["request_id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("req_")));
+        assert!(problem["request_id"].as_str().is_some_and(|id| id.starts_with("req_")));
         let text = reply.text();
         let d = digits(number);
         assert!(d.len() < 6 || !text.contains(&d[..6]), "echoed: {text}");
@@ -75,11 +73,7 @@ async fn ibans_round_trip_normalised_and_invalid_ones_are_refused() {
         let created = post(&mut checkout, "/v1/tokens", &body).await;
         assert_eq!(created.status, 201, "{iban}: {}", created.text());
         let meta = created.json();
-        let normal: String = iban
-            .chars()
-            .filter(|c| *c != ' ')
-            .collect::<String>()
-            .to_uppercase();
+        let normal: String = iban.chars().filter(|c| *c != ' ').collect::<String>().to_uppercase();
         assert_eq!(meta["type"], "bank_account");
         assert_eq!(meta["bank_account"]["country"], country.as_str());
         assert_eq!(meta["bank_account"]["last4"], &normal[normal.len() - 4..]);
@@ -120,9 +114,7 @@ async fn ach_accounts_round_trip_and_bad_routing_numbers_are_refused() {
         assert_eq!(meta["bank_account"]["routing_number"], routing.as_str());
         assert_eq!(meta["bank_account"]["account_type"], "checking");
         assert_eq!(meta["bank_account"]["last4"], "6789");
-        let revealed = detokenize(&mut gateway, meta["token"].as_str().unwrap())
-            .await
-            .json();
+        let revealed = detokenize(&mut gateway, meta["token"].as_str().unwrap()).await.json();
         assert_eq!(revealed["bank_account"]["account_number"], "000123456789");
         assert_eq!(revealed["bank_account"]["routing_number"], routing.as_str());
     }

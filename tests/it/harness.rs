@@ -23,9 +23,7 @@ impl TestPki {
         let dir = dir.join("pki");
         std::fs::create_dir_all(&dir).expect("pki dir");
         std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca");
-        let server = ca
-            .issue(&LeafSpec::localhost_server())
-            .expect("server cert");
+        let server = ca.issue(&LeafSpec::localhost_server()).expect("server cert");
         std::fs::write(dir.join("server.pem"), &server.cert_pem).expect("write");
         std::fs::write(dir.join("server.key"), server.key_pem.as_bytes()).expect("write");
         TestPki { ca, dir }
@@ -35,11 +33,7 @@ impl TestPki {
     pub fn issue(&self, name: &str, spec: &LeafSpec) {
         let leaf = self.ca.issue(spec).expect("client cert");
         std::fs::write(self.dir.join(format!("{name}.pem")), &leaf.cert_pem).expect("write");
-        std::fs::write(
-            self.dir.join(format!("{name}.key")),
-            leaf.key_pem.as_bytes(),
-        )
-        .expect("write");
+        std::fs::write(self.dir.join(format!("{name}.key")), leaf.key_pem.as_bytes()).expect("write");
     }
 
     pub fn tls(&self, name: &str) -> ClientTls {
@@ -54,18 +48,8 @@ impl TestPki {
 
 /// The standard identities of the tests: (file name, SAN URI, roles, tenants).
 pub const IDENTITIES: &[(&str, &str, &str, &str)] = &[
-    (
-        "checkout",
-        "spiffe://test/checkout",
-        r#"["tokenize"]"#,
-        r#"["shop"]"#,
-    ),
-    (
-        "gateway",
-        "spiffe://test/gateway",
-        r#"["detokenize"]"#,
-        r#"["shop"]"#,
-    ),
+    ("checkout", "spiffe://test/checkout", r#"["tokenize"]"#, r#"["shop"]"#),
+    ("gateway", "spiffe://test/gateway", r#"["detokenize"]"#, r#"["shop"]"#),
     (
         "security",
         "spiffe://test/security",
@@ -239,9 +223,7 @@ pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 pub fn card_body(number: &str, cvc: Option<&str>) -> String {
     let cvc = cvc.map(|c| format!(r#","cvc":"{c}""#)).unwrap_or_default();
-    format!(
-        r#"{{"card":{{"number":"{number}","exp_month":12,"exp_year":2031,"holder_name":"A. Example"{cvc}}}}}"#
-    )
+    format!(r#"{{"card":{{"number":"{number}","exp_month":12,"exp_year":2031,"holder_name":"A. Example"{cvc}}}}}"#)
 }
 
 pub async fn post(client: &mut Client, path: &str, body: &str) -> Reply {
@@ -252,36 +234,23 @@ pub async fn post(client: &mut Client, path: &str, body: &str) -> Reply {
 }
 
 pub async fn get(client: &mut Client, path: &str) -> Reply {
-    client
-        .request(http::Method::GET, path, None)
-        .await
-        .expect("request")
+    client.request(http::Method::GET, path, None).await.expect("request")
 }
 
 pub async fn detokenize(client: &mut Client, token: &str) -> Reply {
     client
-        .request(
-            http::Method::POST,
-            &format!("/v1/tokens/{token}/detokenize"),
-            None,
-        )
+        .request(http::Method::POST, &format!("/v1/tokens/{token}/detokenize"), None)
         .await
         .expect("request")
 }
 
 /// Reads a CSV fixture (simple: quoted fields only for the empty string).
 pub fn fixture(name: &str) -> Vec<Vec<String>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     let text = std::fs::read_to_string(path).expect("fixture");
     text.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            l.split(',')
-                .map(|f| f.trim_matches('"').to_owned())
-                .collect()
-        })
+        .map(|l| l.split(',').map(|f| f.trim_matches('"').to_owned()).collect())
         .collect()
 }

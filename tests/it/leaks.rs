@@ -33,7 +33,8 @@ async fn no_raw_value_in_output_or_data_dir() {
         );
         secrets.push(row[0].replace(' ', "").to_uppercase());
     }
-    let ach = r#"{"bank_account":{"routing_number":"021000021","account_number":"98765432101234","account_type":"savings"}}"#;
+    let ach =
+        r#"{"bank_account":{"routing_number":"021000021","account_number":"98765432101234","account_type":"savings"}}"#;
     post(&mut checkout, "/v1/tokens", ach).await;
     secrets.push("98765432101234".into());
     // Error paths: Luhn failure, wrong type, bad IBAN, PAN in an unknown field name
@@ -43,8 +44,7 @@ async fn no_raw_value_in_output_or_data_dir() {
         r#"{"card":{"number":4111111111111111,"exp_month":1,"exp_year":2031}}"#.to_owned(),
         r#"{"bank_account":{"iban":"GB82WEST12345698765433"}}"#.to_owned(),
         r#"{"4111111111111111":true}"#.to_owned(),
-        r#"{"card":{"number":"4111111111111111","exp_month":"4111111111111111","exp_year":2031}}"#
-            .to_owned(),
+        r#"{"card":{"number":"4111111111111111","exp_month":"4111111111111111","exp_year":2031}}"#.to_owned(),
     ] {
         let reply = post(&mut checkout, "/v1/tokens", &body).await;
         assert!(reply.status >= 400);
@@ -56,17 +56,11 @@ async fn no_raw_value_in_output_or_data_dir() {
         .await;
 
     let output = vault.output();
-    assert!(
-        contains(&output, b"listening on"),
-        "the output was captured"
-    );
+    assert!(contains(&output, b"listening on"), "the output was captured");
     let files = read_tree(&vault.data_dir());
     assert!(!files.is_empty());
     for secret in &secrets {
-        assert!(
-            !contains(&output, secret.as_bytes()),
-            "daemon output holds a raw value"
-        );
+        assert!(!contains(&output, secret.as_bytes()), "daemon output holds a raw value");
         // The longest run that identifies the account without its BIN: all but
         // the first digit.
         let tail = &secret[1..];
