@@ -144,4 +144,36 @@ mod tests {
         }
         assert!(Token::parse("tok_AAAAAAAAAAAAAAAAAAAAAAAA").is_some());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn luhn_complete(body: &str) -> String {
+            (0..10u8)
+                .map(|d| format!("{body}{d}"))
+                .find(|candidate| luhn_valid(candidate.as_bytes()))
+                .unwrap_or_default()
+        }
+
+        proptest! {
+            #[test]
+            fn numeric_tokens_never_pass_luhn_and_keep_affixes(body in "[1-9][0-9]{10,17}") {
+                let pan = luhn_complete(&body);
+                let token = Token::generate_numeric(&pan).map(|t| t.as_str().to_owned());
+                let Ok(token) = token else { return Err(TestCaseError::fail("generation failed")) };
+                prop_assert_eq!(token.len(), pan.len());
+                prop_assert_eq!(token.get(..6), pan.get(..6));
+                prop_assert_eq!(token.get(token.len() - 4..), pan.get(pan.len() - 4..));
+                prop_assert!(!luhn_valid(token.as_bytes()));
+                prop_assert_ne!(&token, &pan);
+                prop_assert!(token.bytes().all(|b| b.is_ascii_digit()));
+            }
+
+            #[test]
+            fn parse_never_panics(text in "\\PC{0,40}") {
+                let _ = Token::parse(&text);
+            }
+        }
+    }
 }

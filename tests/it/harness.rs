@@ -70,10 +70,22 @@ impl TestVault {
     /// Generates a PKI, a config with the standard identities and a keyring, and
     /// starts the daemon on 127.0.0.1:0.
     pub fn start() -> TestVault {
+        Self::start_with(IDENTITIES, "")
+    }
+
+    /// Like `start`, with other identities and extra `[limits]` lines.
+    pub fn start_with(identities: &[(&str, &str, &str, &str)], limits: &str) -> TestVault {
+        let mut vault = Self::prepare(identities, limits);
+        vault.launch();
+        vault
+    }
+
+    /// Writes PKI, config and keyring without starting a process.
+    pub fn prepare(identities: &[(&str, &str, &str, &str)], limits: &str) -> TestVault {
         let root = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(root.path());
         let mut clients = String::new();
-        for (name, uri, roles, tenants) in IDENTITIES {
+        for (name, uri, roles, tenants) in identities {
             pki.issue(name, &LeafSpec::client(name, Some(uri)));
             clients.push_str(&format!(
                 "[[clients]]\nidentity = \"{uri}\"\nroles = {roles}\ntenants = {tenants}\n\n"
@@ -86,7 +98,7 @@ impl TestVault {
         );
         let p = |name: &str| pki.dir.join(name).display().to_string();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}[limits]\n{limits}\n",
             data = root.path().join("data").display(),
             keyring = root.path().join("keyring.sealed").display(),
             cert = p("server.pem"),
@@ -102,15 +114,17 @@ impl TestVault {
             .status()
             .expect("run init");
         assert!(status.success(), "tokenvault init failed");
-        let mut vault = TestVault {
+        TestVault {
             root,
             pki,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             runs: 0,
-        };
-        vault.launch();
-        vault
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.path().join("tokenvault.toml")
     }
 
     fn launch(&mut self) {
@@ -253,4 +267,43 @@ pub fn fixture(name: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| l.split(',').map(|f| f.trim_matches('"').to_owned()).collect())
         .collect()
+}
+
+/// A daemon running inside the test process, with a clock the test moves.
+pub struct InProcess {
+    pub vault: TestVault,
+    pub clock: std::sync::Arc<tokenvault::clock::ManualClock>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl InProcess {
+    pub async fn start(identities: &[(&str, &str, &str, &str)], limits: &str) -> InProcess {
+        let mut vault = TestVault::prepare(identities, limits);
+        let config = tokenvault::config::Config::load(&vault.config_path()).expect("config");
+        let clock = std::sync::Arc::new(tokenvault::clock::ManualClock::new(time::OffsetDateTime::now_utc()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let options = tokenvault::daemon::Options {
+            clock: clock.clone(),
+            stop: Some(stop_rx),
+        };
+        let passphrase = tokenvault::secret::Passphrase::copy_from(PASSPHRASE);
+        tokio::spawn(async move {
+            let result = tokenvault::daemon::run_with(config, passphrase, options, move |addr, _| {
+                let _ = addr_tx.send(addr);
+            })
+            .await;
+            if let Err(e) = result {
+                eprintln!("in-process daemon failed: {e}");
+            }
+        });
+        vault.addr = addr_rx.await.expect("daemon listening");
+        InProcess { vault, clock, stop }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }

@@ -8,3 +8,4 @@ mod fixtures;
 mod harness;
 mod leaks;
 mod lifecycle;
+mod tenants;
