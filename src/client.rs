@@ -107,9 +107,14 @@ impl Client {
     /// Connects and completes the TLS handshake; the server must present a
     /// certificate for `localhost` signed by the CA.
     pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Client, ClientError> {
+        Self::connect_named(addr, "localhost", config).await
+    }
+
+    /// Connects to `addr`, expecting a server certificate for `server_name`.
+    pub async fn connect_named(addr: SocketAddr, server_name: &str, config: Arc<ClientConfig>) -> Result<Client, ClientError> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("localhost").map_err(|e| ClientError::Material(e.to_string()))?;
+        let name = ServerName::try_from(server_name.to_owned()).map_err(|e| ClientError::Material(e.to_string()))?;
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let io = TokioIo::new(tls);

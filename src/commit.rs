@@ -58,6 +58,71 @@ pub struct Change {
     pub ops: Vec<WriteOp>,
     pub events: Vec<AuditEvent>,
     pub expect: Vec<Expect>,
+    /// Per key-version counter changes: records that need a version, and wraps
+    /// (data keys encrypted) under it.
+    pub kek: Vec<KekDelta>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KekDelta {
+    pub version: u32,
+    pub records: i64,
+    pub wraps: u64,
+}
+
+/// What the store knows about one key version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KekCount {
+    pub records: i64,
+    pub wraps: u64,
+}
+
+const KEK_PREFIX: &[u8] = b"kek/";
+
+fn kek_key(version: u32) -> Vec<u8> {
+    let mut key = KEK_PREFIX.to_vec();
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn encode_count(count: KekCount) -> Vec<u8> {
+    let mut out = count.records.to_be_bytes().to_vec();
+    out.extend_from_slice(&count.wraps.to_be_bytes());
+    out
+}
+
+fn decode_count(bytes: &[u8]) -> Option<KekCount> {
+    Some(KekCount {
+        records: i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
+        wraps: u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
+    })
+}
+
+/// Exact per-version counts, maintained by the writer in the same batches as the
+/// records they count. Read by the vault for key status, retire and the wrap limit.
+#[derive(Debug, Default)]
+pub struct KekCounts(std::sync::Mutex<std::collections::BTreeMap<u32, KekCount>>);
+
+impl KekCounts {
+    fn load(store: &dyn Store) -> Result<KekCounts, StoreError> {
+        let mut map = std::collections::BTreeMap::new();
+        for (key, value) in store.scan_from(Table::Meta, KEK_PREFIX, 1 << 20)? {
+            let Some(version) = key.strip_prefix(KEK_PREFIX) else { break };
+            let (Ok(v), Some(count)) = (<[u8; 4]>::try_from(version), decode_count(&value)) else {
+                continue;
+            };
+            map.insert(u32::from_be_bytes(v), count);
+        }
+        Ok(KekCounts(std::sync::Mutex::new(map)))
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<u32, KekCount> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn get(&self, version: u32) -> KekCount {
+        self.0.lock().ok().and_then(|m| m.get(&version).copied()).unwrap_or_default()
+    }
 }
 
 struct Job {
@@ -76,6 +141,7 @@ pub struct CommitStats {
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
+    counts: Arc<KekCounts>,
 }
 
 impl Committer {
@@ -93,6 +159,7 @@ impl Committer {
             None => ChainHead::GENESIS,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
+        let counts = Arc::new(KekCounts::load(store.as_ref())?);
         let stats = Arc::new(CommitStats::default());
         stats.audit_seq.store(head.seq, Ordering::Relaxed);
         let writer = Writer {
@@ -101,12 +168,13 @@ impl Committer {
             clock,
             head,
             stats: stats.clone(),
+            counts: counts.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("tokenvault-commit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the commit thread: {e}")))?;
-        Ok((Committer { tx, stats }, handle))
+        Ok((Committer { tx, stats, counts }, handle))
     }
 
     /// Writes `ops` and `events` in one durable batch (shared with whatever else is
@@ -124,6 +192,10 @@ impl Committer {
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
+
+    pub fn kek_counts(&self) -> &KekCounts {
+        &self.counts
+    }
 }
 
 struct Writer {
@@ -132,6 +204,7 @@ struct Writer {
     clock: Arc<dyn Clock>,
     head: ChainHead,
     stats: Arc<CommitStats>,
+    counts: Arc<KekCounts>,
 }
 
 impl Writer {
@@ -172,6 +245,7 @@ impl Writer {
         let time = rfc3339(self.clock.now());
         let mut ops = Vec::with_capacity(jobs.iter().map(|j| j.change.ops.len() + j.change.events.len()).sum());
         let mut written = HashMap::new();
+        let mut counts = std::collections::BTreeMap::new();
         let mut accepted = Vec::with_capacity(jobs.len());
         let n_jobs = jobs.len() as u64;
         for mut job in jobs {
@@ -190,6 +264,11 @@ impl Writer {
                 written.insert((op.table, op.key.clone()), op.value.clone());
             }
             ops.append(&mut job.change.ops);
+            for delta in &job.change.kek {
+                let count = counts.entry(delta.version).or_insert_with(|| self.counts.get(delta.version));
+                count.records += delta.records;
+                count.wraps += delta.wraps;
+            }
             for event in &job.change.events {
                 let (bytes, next) = chain(&self.audit_key, head, event, time.clone());
                 ops.push(WriteOp::put(Table::Audit, seq_key(next.seq), bytes));
@@ -197,12 +276,14 @@ impl Writer {
             }
             accepted.push(job.reply);
         }
-        let result = if ops.is_empty() {
-            Ok(())
-        } else {
-            self.store.write(&ops, true)
-        };
+        for (version, count) in &counts {
+            ops.push(WriteOp::put(Table::Meta, kek_key(*version), encode_count(*count)));
+        }
+        let result = if ops.is_empty() { Ok(()) } else { self.store.write(&ops, true) };
         if result.is_ok() {
+            if let Ok(mut shared) = self.counts.0.lock() {
+                shared.extend(counts);
+            }
             self.head = head;
             self.stats.audit_seq.store(head.seq, Ordering::Relaxed);
         }
@@ -239,6 +320,7 @@ mod tests {
                     ops: vec![WriteOp::put(Table::Records, key.clone(), vec![1])],
                     events: vec![AuditEvent::new("x", "tokenize", "ok")],
                     expect: vec![Expect::absent(Table::Records, key)],
+                    kek: vec![],
                 };
                 c.commit(change).await
             }));

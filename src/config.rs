@@ -68,6 +68,12 @@ pub struct Limits {
     pub max_batch_body_bytes: usize,
     /// How often the purge of expired tokens and idempotency keys runs.
     pub purge_interval_ms: u64,
+    /// Records per durable batch of the background rewrap.
+    pub rewrap_batch: usize,
+    /// Pause between rewrap batches, leaving the writer to live traffic.
+    pub rewrap_pause_ms: u64,
+    /// Data keys one key version may wrap before tokenize refuses (rotate).
+    pub max_wraps_per_key: u64,
     /// How long a CVC is kept for its first detokenize (at most 600 s).
     pub cvc_ttl_seconds: u64,
     pub handshake_timeout_ms: u64,
@@ -85,6 +91,9 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_batch_body_bytes: 4 * 1024 * 1024,
             purge_interval_ms: 60_000,
+            rewrap_batch: 1000,
+            rewrap_pause_ms: 2,
+            max_wraps_per_key: 1 << 30,
             cvc_ttl_seconds: 600,
             handshake_timeout_ms: 10_000,
             header_timeout_ms: 10_000,

@@ -18,7 +18,7 @@ use crate::secret::{KeyBytes, Passphrase};
 use crate::startup::{raise_fd_limit, unseal_keyring, StartupError};
 use crate::store::{RocksStore, Store, StoreError};
 use crate::tls::{server_config, TlsError};
-use crate::vault::Vault;
+use crate::vault::{KeyFile, RewrapPace, Vault, VaultSettings};
 use crate::vault::SYSTEM;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,8 @@ pub async fn run_with(
     on_listening: impl FnOnce(SocketAddr, u32),
 ) -> Result<(), DaemonError> {
     let max_open_files = raise_fd_limit();
-    let keyring = Arc::new(unseal_keyring(&config.keyring, &passphrase)?);
+    let (keyring, sealing) = unseal_keyring(&config.keyring, &passphrase)?;
+    let keyring = Arc::new(keyring);
     drop(passphrase);
     let tls = server_config(&config.tls)?;
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir, max_open_files)?);
@@ -78,7 +79,15 @@ pub async fn run_with(
     let audit_key = KeyBytes::new(*keyring.audit_key().expose_secret());
     let (committer, writer) = Committer::start(store.clone(), audit_key, clock.clone())?;
     let key_version = keyring.active_version();
-    let vault = Arc::new(Vault::new(keyring, store, committer, clock, config.limits.cvc_ttl()));
+    let settings = VaultSettings {
+        cvc_ttl: config.limits.cvc_ttl(),
+        key_file: Some(KeyFile {
+            path: config.keyring.clone(),
+            sealing,
+        }),
+        max_wraps_per_key: config.limits.max_wraps_per_key,
+    };
+    let vault = Arc::new(Vault::new(keyring, store, committer, clock, settings));
     vault
         .audit(AuditEvent::new(SYSTEM, "start", "ok").key_version(key_version))
         .await
@@ -108,6 +117,11 @@ pub async fn run_with(
         }
     };
     tokio::spawn(sweep_cvcs(vault.clone(), stop_rx.clone()));
+    let pace = RewrapPace {
+        batch: config.limits.rewrap_batch.max(1),
+        pause: Duration::from_millis(config.limits.rewrap_pause_ms),
+    };
+    tokio::spawn(vault.clone().run_rewrap(pace, stop_rx.clone()));
     tokio::spawn(purge(
         vault.clone(),
         Duration::from_millis(config.limits.purge_interval_ms),

@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the module map and the request path.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokenvault::admin::{self, Connection};
 use tokenvault::config::{Config, PassphraseSource};
 use tokenvault::daemon;
 use tokenvault::pki::write_dev_pki;
@@ -14,6 +15,8 @@ use tokenvault::startup::{init_keyring, prepare_dev, read_passphrase};
 const EXIT_CONFIG: u8 = 78;
 /// Exit code for bad usage (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// Exit code of `audit verify` when the chain is broken (EX_DATAERR).
+const EXIT_AUDIT_BROKEN: u8 = 65;
 
 #[derive(Parser)]
 #[command(name = "tokenvault", version, about = "A payment tokenization vault over mutual TLS")]
@@ -49,6 +52,92 @@ enum Command {
         #[arg(long, default_value = "keys/dev")]
         out: PathBuf,
     },
+    /// Key lifecycle: status, rotate, retire (over mTLS), change-passphrase (offline).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The audit trail: verify, export (over mTLS, or offline with --data-dir).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Key versions, their states and record counts, rewrap progress.
+    Status {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// New active key version; rewrap of older records starts in the background.
+    Rotate {
+        #[command(flatten)]
+        conn: Connection,
+        /// Show a progress bar until the rewrap has finished.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy a key version's material; refused while a record needs it.
+    Retire {
+        version: u32,
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-seal the keyring under a new passphrase (offline; restart the daemon after).
+    ChangePassphrase {
+        #[arg(long, default_value = "keys/keyring.sealed")]
+        keyring: PathBuf,
+        /// The current passphrase (else TOKENVAULT_PASSPHRASE, else a prompt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// The new passphrase (else TOKENVAULT_NEW_PASSPHRASE).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Offline {
+    /// Work offline on this (stopped daemon's) data directory.
+    #[arg(long, requires = "keyring")]
+    data_dir: Option<PathBuf>,
+    /// The keyring of that data directory.
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+    /// The keyring passphrase (else TOKENVAULT_PASSPHRASE, else a prompt).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the HMAC chain; exit code 0 only when it is whole.
+    Verify {
+        #[command(flatten)]
+        offline: Offline,
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every entry as JSON Lines (for a SIEM).
+    Export {
+        #[command(flatten)]
+        offline: Offline,
+        #[command(flatten)]
+        conn: Connection,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn init_tracing() {
@@ -73,8 +162,78 @@ fn main() -> ExitCode {
             let result = read_passphrase(&source).and_then(|p| init_keyring(&keyring, &p));
             report(result.map(|()| println!("created keyring {}", keyring.display())))
         }
-        Command::DevPki { out } => {
-            report(write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display())))
+        Command::DevPki { out } => report(write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display()))),
+        Command::Keys { command } => keys(command),
+        Command::Audit { command } => audit(command),
+    }
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(future))
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn keys(command: KeysCommand) -> ExitCode {
+    let result = match command {
+        KeysCommand::Status { conn, json } => block_on(admin::keys_status(&conn, json)),
+        KeysCommand::Rotate { conn, wait, json } => block_on(admin::keys_rotate(&conn, wait, json)),
+        KeysCommand::Retire { version, conn, json } => block_on(admin::keys_retire(&conn, version, json)),
+        KeysCommand::ChangePassphrase {
+            keyring,
+            passphrase_file,
+            new_passphrase_file,
+        } => {
+            let old = passphrase_file.map_or(PassphraseSource::Default, PassphraseSource::File);
+            let new = new_passphrase_file.map_or(PassphraseSource::Env("TOKENVAULT_NEW_PASSPHRASE".into()), PassphraseSource::File);
+            Ok(admin::change_passphrase(&keyring, &old, &new).map(|()| println!("re-sealed {}", keyring.display())))
+        }
+    };
+    match result {
+        Ok(inner) => report(inner),
+        Err(e) => report::<String>(Err(e)),
+    }
+}
+
+fn audit_source<'a>(offline: &'a Offline, conn: &'a Connection) -> Result<admin::AuditSource<'a>, String> {
+    match (&offline.data_dir, &offline.keyring) {
+        (Some(data_dir), Some(keyring)) => {
+            let source = offline.passphrase_file.clone().map_or(PassphraseSource::Default, PassphraseSource::File);
+            let passphrase = read_passphrase(&source).map_err(|e| e.to_string())?;
+            Ok(admin::AuditSource::Offline { data_dir, keyring, passphrase })
+        }
+        _ => Ok(admin::AuditSource::Online(conn)),
+    }
+}
+
+fn audit(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Verify { offline, conn, json } => {
+            let result = audit_source(&offline, &conn).and_then(|source| block_on(admin::audit_verify(source, json)));
+            match result {
+                Ok(Ok(true)) => ExitCode::SUCCESS,
+                Ok(Ok(false)) => ExitCode::from(EXIT_AUDIT_BROKEN),
+                Ok(Err(e)) => report(Err(e)),
+                Err(e) => report::<String>(Err(e)),
+            }
+        }
+        AuditCommand::Export { offline, conn, out } => {
+            let run = |source| -> Result<u64, String> {
+                let mut sink: Box<dyn std::io::Write> = match &out {
+                    Some(path) => Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+                    None => Box::new(std::io::stdout().lock()),
+                };
+                block_on(admin::audit_export(source, &mut *sink))?.map_err(|e| e.to_string())
+            };
+            match audit_source(&offline, &conn).and_then(run) {
+                Ok(n) => {
+                    eprintln!("exported {n} audit entries");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report::<String>(Err(e)),
+            }
         }
     }
 }

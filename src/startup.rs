@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::config::{Config, PassphraseSource};
-use crate::crypto::{CryptoError, KdfParams, Keyring, SealedKeyring};
+use crate::crypto::{CryptoError, KdfParams, Keyring, SealedKeyring, SealingKey};
 use crate::pki::{write_dev_pki, PkiError};
 use crate::secret::Passphrase;
 
@@ -85,14 +85,15 @@ pub fn init_keyring(path: &Path, passphrase: &Passphrase) -> Result<(), StartupE
         .map_err(err)
 }
 
-/// Reads and unseals the keyring (Argon2id: a few hundred milliseconds, start-up only).
-pub fn unseal_keyring(path: &Path, passphrase: &Passphrase) -> Result<Keyring, StartupError> {
+/// Reads and unseals the keyring (Argon2id: a few hundred milliseconds, start-up
+/// only), keeping the derived sealing key for re-seals after rotations.
+pub fn unseal_keyring(path: &Path, passphrase: &Passphrase) -> Result<(Keyring, SealingKey), StartupError> {
     let err = |source| StartupError::Keyring {
         path: path.display().to_string(),
         source,
     };
     SealedKeyring::read(path)
-        .and_then(|s| s.unseal(passphrase))
+        .and_then(|s| s.unseal_keeping_key(passphrase))
         .map_err(err)
 }
 

@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
 use crate::auth::{
-    authorize, authorize_single, AuthError, Authorized, Client, ClientTable, Delete, Detokenize, Permission,
-    ReadMetadata, ReadWallet,
+    authorize, authorize_single, AuthError, Authorized, Client, ClientTable, Delete, Detokenize, ManageKeys,
+    Permission, ReadAudit, ReadKeys, ReadMetadata, ReadWallet,
 };
 use crate::config::Limits;
 use crate::vault::Vault;
@@ -87,6 +87,11 @@ enum Route<'a> {
     Detokenize(&'a str),
     DetokenizeBatch,
     CustomerTokens(&'a str),
+    Keys,
+    KeysRotate,
+    KeyRetire(&'a str),
+    Audit,
+    AuditVerify,
     Unknown,
 }
 
@@ -97,6 +102,11 @@ impl Route<'_> {
             (Some("healthz"), None, ..) => Route::Health,
             (Some("readyz"), None, ..) => Route::Ready,
             (Some("v1"), Some("tokens"), None, ..) => Route::Tokens,
+            (Some("v1"), Some("keys"), None, ..) => Route::Keys,
+            (Some("v1"), Some("keys"), Some("rotate"), None, _) => Route::KeysRotate,
+            (Some("v1"), Some("keys"), Some(v), Some("retire"), None) => Route::KeyRetire(v),
+            (Some("v1"), Some("audit"), None, ..) => Route::Audit,
+            (Some("v1"), Some("audit"), Some("verify"), None, _) => Route::AuditVerify,
             (Some("v1"), Some("tokens"), Some("batch"), None, _) => Route::TokensBatch,
             (Some("v1"), Some("detokenize"), Some("batch"), None, _) => Route::DetokenizeBatch,
             (Some("v1"), Some("customers"), Some(c), Some("tokens"), None) if !c.is_empty() => Route::CustomerTokens(c),
@@ -117,6 +127,11 @@ impl Route<'_> {
             Route::Detokenize(_) => "detokenize",
             Route::DetokenizeBatch => "detokenize_batch",
             Route::CustomerTokens(_) => "customer_tokens",
+            Route::Keys => "keys",
+            Route::KeysRotate => "rotate",
+            Route::KeyRetire(_) => "retire",
+            Route::Audit => "audit",
+            Route::AuditVerify => "audit_verify",
             Route::Unknown => "unknown",
         }
     }
@@ -126,7 +141,8 @@ impl Route<'_> {
             Route::Health | Route::Ready => "GET",
             Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch => "POST",
             Route::Token(_) => "GET, PATCH, DELETE",
-            Route::CustomerTokens(_) => "GET",
+            Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify => "GET",
+            Route::KeysRotate | Route::KeyRetire(_) => "POST",
             Route::Unknown => "",
         }
     }
@@ -193,7 +209,8 @@ async fn dispatch(
             Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch,
             &Method::POST
         ) | (Route::Token(_), &Method::GET | &Method::PATCH | &Method::DELETE)
-            | (Route::CustomerTokens(_), &Method::GET)
+            | (Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify, &Method::GET)
+            | (Route::KeysRotate | Route::KeyRetire(_), &Method::POST)
     );
     if !allowed {
         return Err(ApiError::MethodNotAllowed { allow: route.allow() });
@@ -228,6 +245,41 @@ async fn dispatch(
             Ok(views::detokenized(&revealed, request_id))
         }
         Route::DetokenizeBatch => tokens::detokenize_batch(&ctx, request).await,
+        Route::Keys => {
+            let auth = ctx.permit::<ReadKeys>(None).await?;
+            Ok(views::json(StatusCode::OK, &state.vault.key_status(&auth)?, request_id))
+        }
+        Route::KeysRotate => {
+            let auth = ctx.permit::<ManageKeys>(None).await?;
+            Ok(views::json(StatusCode::OK, &state.vault.rotate(&auth, request_id).await?, request_id))
+        }
+        Route::KeyRetire(version) => {
+            let auth = ctx.permit::<ManageKeys>(None).await?;
+            let version = version.parse::<u32>().map_err(|_| ApiError::NotFound)?;
+            Ok(views::json(StatusCode::OK, &state.vault.retire(&auth, version, request_id).await?, request_id))
+        }
+        Route::Audit => {
+            let auth = ctx.permit::<ReadAudit>(None).await?;
+            let query = Query::parse(request.uri().query().unwrap_or_default());
+            let number = |name: &'static str, default: u64| match query.get(name) {
+                None => Ok(default),
+                Some(text) => text.parse::<u64>().map_err(|_| {
+                    ApiError::Invalid(crate::validate::ValidationError::new(
+                        crate::validate::Code::InvalidRequest,
+                        name,
+                        "format",
+                        format!("{name} must be a whole number"),
+                    ))
+                }),
+            };
+            let (after, limit) = (number("after", 0)?, number("limit", 100)?);
+            let page = state.vault.audit_entries(&auth, after, usize::try_from(limit).unwrap_or(usize::MAX))?;
+            Ok(views::json(StatusCode::OK, &page, request_id))
+        }
+        Route::AuditVerify => {
+            let auth = ctx.permit::<ReadAudit>(None).await?;
+            Ok(views::json(StatusCode::OK, &state.vault.audit_verify(&auth)?, request_id))
+        }
         Route::CustomerTokens(customer) => {
             let customer = percent_decode(customer).ok_or(ApiError::NotFound)?;
             let query = Query::parse(request.uri().query().unwrap_or_default());

@@ -33,6 +33,8 @@ pub enum ApiError {
     Conflict { detail: &'static str },
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    #[error("key version in use")]
+    KeyVersionInUse { records: Option<i64> },
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type")]
@@ -84,6 +86,14 @@ impl ApiError {
             },
             VaultError::Forbidden(e) => ApiError::from(e.clone()),
             VaultError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            VaultError::KeyVersionInUse { records } => ApiError::KeyVersionInUse { records: *records },
+            VaultError::KeyExhausted => {
+                tracing::error!("the active key version reached its wrap limit: rotate the keys");
+                ApiError::Unavailable
+            }
+            VaultError::KeyringChanged => ApiError::Conflict {
+                detail: "the keyring file was re-sealed since the daemon started; restart it first",
+            },
             VaultError::Conflict => ApiError::Conflict {
                 detail: "the token changed while the request was processed; retry",
             },
@@ -130,6 +140,7 @@ impl ApiError {
             TokenExpired => (StatusCode::GONE, "token_expired", "Token expired"),
             Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
             IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused", "Idempotency key reused"),
+            KeyVersionInUse { .. } => (StatusCode::CONFLICT, "key_version_in_use", "Key version in use"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -175,6 +186,12 @@ impl ApiError {
             NotFound => ("no such token or resource".into(), None, None),
             TokenExpired => ("the token has expired".into(), None, None),
             Conflict { detail } => ((*detail).into(), None, None),
+            KeyVersionInUse { records: Some(n) } => (
+                format!("{n} records still need this key version; let the rewrap finish"),
+                None,
+                Some("records"),
+            ),
+            KeyVersionInUse { records: None } => ("the active key version cannot be retired".into(), None, Some("active")),
             IdempotencyKeyReused => (
                 "this Idempotency-Key was used with a different request".into(),
                 Some("Idempotency-Key"),

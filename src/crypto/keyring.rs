@@ -170,6 +170,22 @@ impl Keyring {
         &self.audit_key
     }
 
+    /// A copy to change and then publish (the keyring in use is shared read-only).
+    /// Key material is copied into new wiped-on-drop allocations.
+    pub fn duplicate(&self) -> Keyring {
+        let copy = |k: &KeyBytes| KeyBytes::new(*k.expose_secret());
+        Keyring {
+            versions: self
+                .versions
+                .values()
+                .map(|v| (v.version, KekVersion::new(v.version, v.state, v.created_at, v.key.as_ref().map(copy))))
+                .collect(),
+            active: self.active,
+            fingerprint_key: copy(&self.fingerprint_key),
+            audit_key: copy(&self.audit_key),
+        }
+    }
+
     /// Adds version N+1 as the active key; the previous active one becomes
     /// decrypt-only. The new key is self-tested (wrap, unwrap) before it is used.
     pub fn rotate(&mut self, now_unix: i64) -> Result<u32, CryptoError> {
@@ -209,15 +225,28 @@ impl Keyring {
     /// Seals the keyring under `passphrase` with fresh salt and nonce.
     pub fn seal(&self, passphrase: &Passphrase, params: KdfParams) -> Result<SealedKeyring, CryptoError> {
         params.check()?;
-        let mut random = [0u8; 16 + 12];
-        fill_random(&mut random)?;
-        let (salt, nonce) = random.split_at(16);
+        let mut salt = [0u8; 16];
+        fill_random(&mut salt)?;
+        let key = SealingKey {
+            key: derive(passphrase, &salt, params)?,
+            salt: STANDARD.encode(salt),
+            params,
+        };
+        self.seal_with(&key)
+    }
+
+    /// Seals the keyring again under an already derived key (same passphrase and
+    /// salt, fresh nonce): a rotation re-seals without Argon2 and without keeping
+    /// the passphrase.
+    pub fn seal_with(&self, sealing: &SealingKey) -> Result<SealedKeyring, CryptoError> {
+        let mut nonce = [0u8; 12];
+        fill_random(&mut nonce)?;
         let kdf = KdfHeader {
             algorithm: "argon2id".to_owned(),
-            memory_kib: params.memory_kib,
-            iterations: params.iterations,
-            parallelism: params.parallelism,
-            salt: STANDARD.encode(salt),
+            memory_kib: sealing.params.memory_kib,
+            iterations: sealing.params.iterations,
+            parallelism: sealing.params.parallelism,
+            salt: sealing.salt.clone(),
         };
         let aad = Header {
             format: FORMAT,
@@ -225,12 +254,11 @@ impl Keyring {
             kdf: &kdf,
         }
         .aad();
-        let key = derive(passphrase, salt, params)?;
-        let cipher =
-            Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| CryptoError::Keyring("key derivation failed"))?;
+        let cipher = Aes256Gcm::new_from_slice(sealing.key.as_slice())
+            .map_err(|_| CryptoError::Keyring("key derivation failed"))?;
         let mut body = self.encode();
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, body.as_mut_slice())
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, body.as_mut_slice())
             .map_err(|_| CryptoError::Keyring("sealing the keyring failed"))?;
         let mut sealed = body.to_vec();
         sealed.extend_from_slice(&tag);
@@ -353,6 +381,28 @@ impl<'a> Reader<'a> {
     }
     fn i64(&mut self) -> Option<i64> {
         Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// The Argon2id-derived key that seals a keyring file, kept by the daemon so that a
+/// rotation can re-seal without the passphrase. Wiped on drop, never printed.
+pub struct SealingKey {
+    key: Zeroizing<[u8; 32]>,
+    salt: String,
+    params: KdfParams,
+}
+
+impl SealingKey {
+    /// The salt it was derived with: a keyring file with another salt was re-sealed
+    /// under another passphrase meanwhile.
+    pub fn salt(&self) -> &str {
+        &self.salt
+    }
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey([REDACTED])")
     }
 }
 
@@ -489,6 +539,15 @@ impl SealedKeyring {
     /// Derives the sealing key with Argon2id and opens the keyring. A wrong
     /// passphrase and an edited file give the same error.
     pub fn unseal(&self, passphrase: &Passphrase) -> Result<Keyring, CryptoError> {
+        self.unseal_keeping_key(passphrase).map(|(ring, _)| ring)
+    }
+
+    pub fn salt(&self) -> &str {
+        &self.kdf.salt
+    }
+
+    /// Like `unseal`, also returning the derived sealing key for later re-seals.
+    pub fn unseal_keeping_key(&self, passphrase: &Passphrase) -> Result<(Keyring, SealingKey), CryptoError> {
         let params = self.kdf_params();
         params.check()?;
         let salt = STANDARD
@@ -518,7 +577,13 @@ impl SealedKeyring {
                 &tag,
             )
             .map_err(|_| CryptoError::Keyring(UNSEAL_FAILED))?;
-        Keyring::decode(&body)
+        let ring = Keyring::decode(&body)?;
+        let sealing = SealingKey {
+            key,
+            salt: self.kdf.salt.clone(),
+            params,
+        };
+        Ok((ring, sealing))
     }
 
     /// Writes the file atomically: a temporary file beside it (mode 0600), fsync,

@@ -8,7 +8,7 @@ mod mac;
 mod random;
 
 pub use envelope::{open, rewrap, seal, Envelope, RecordAad, ENVELOPE_FORMAT};
-pub use keyring::{KdfParams, KekState, KekVersion, Keyring, SealedKeyring};
+pub use keyring::{KdfParams, KekState, KekVersion, Keyring, SealedKeyring, SealingKey};
 pub use mac::{audit_mac, fingerprint, MAC_LEN};
 pub use random::fill_random;
 

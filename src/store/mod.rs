@@ -23,10 +23,13 @@ pub enum Table {
     Expiries,
     /// `identity \0 tenant \0 key` → the first response to an `Idempotency-Key`.
     Idempotency,
+    /// Small vault state: per-key-version counters, rewrap progress.
+    Meta,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
+        Table::Meta,
         Table::Records,
         Table::Fingerprints,
         Table::Audit,
@@ -43,6 +46,7 @@ impl Table {
             Table::Customers => "customers",
             Table::Expiries => "expiries",
             Table::Idempotency => "idempotency",
+            Table::Meta => "meta",
         }
     }
 }

@@ -38,6 +38,17 @@ impl RocksStore {
         Ok(RocksStore { db })
     }
 
+    /// Opens a stopped (or running) daemon's data directory read-only, for offline
+    /// audit verification and export. Nothing is written.
+    pub fn open_read_only(dir: &Path) -> Result<RocksStore, StoreError> {
+        let mut options = Options::default();
+        options.set_max_open_files(256);
+        let names = Table::ALL.iter().map(|t| t.name());
+        let db = DB::open_cf_for_read_only(&options, dir, names, false)
+            .map_err(|e| StoreError::Open(format!("{}: {}", dir.display(), e.into_string())))?;
+        Ok(RocksStore { db })
+    }
+
     fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(table.name())

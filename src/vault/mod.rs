@@ -7,7 +7,9 @@ pub mod credential;
 pub mod cvc;
 mod idempotency;
 pub mod input;
+mod keys;
 mod purge;
+mod audit_log;
 pub mod record;
 mod reveal;
 mod tokenize;
@@ -32,6 +34,7 @@ pub use idempotency::{IdempotencyKey, Lookup};
 pub use reveal::{Detokenized, Revealed};
 pub use tokenize::{BatchItem, Prepared, Tokenized};
 pub use update::PatchRequest;
+pub use keys::{KeyFile, KeyStatus, RewrapPace, RewrapState};
 pub use wallet::WalletPage;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,12 @@ pub enum VaultError {
     Conflict,
     #[error("a stored record could not be read")]
     Corrupt,
+    #[error("the key version is still needed")]
+    KeyVersionInUse { records: Option<i64> },
+    #[error("the active key has reached its wrap limit; rotate")]
+    KeyExhausted,
+    #[error("the keyring file was re-sealed since start; restart the daemon")]
+    KeyringChanged,
     #[error("crypto failure: {0}")]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -61,12 +70,25 @@ pub enum VaultError {
 /// Identity recorded for the vault's own actions (start, stop, purge).
 pub const SYSTEM: &str = "tokenvault";
 
+/// What a vault is configured with besides its collaborators.
+pub struct VaultSettings {
+    pub cvc_ttl: time::Duration,
+    /// Where rotations persist the keyring; `None` keeps changes in memory (tests).
+    pub key_file: Option<KeyFile>,
+    pub max_wraps_per_key: u64,
+}
+
 pub struct Vault {
     keyring: RwLock<Arc<Keyring>>,
     store: Arc<dyn Store>,
     committer: Committer,
     cvc: CvcCache,
     clock: Arc<dyn Clock>,
+    key_file: Option<KeyFile>,
+    /// Serialises rotations and retirements.
+    key_admin: tokio::sync::Mutex<()>,
+    rewrap_wake: tokio::sync::Notify,
+    max_wraps_per_key: u64,
 }
 
 impl Vault {
@@ -75,14 +97,18 @@ impl Vault {
         store: Arc<dyn Store>,
         committer: Committer,
         clock: Arc<dyn Clock>,
-        cvc_ttl: time::Duration,
+        settings: VaultSettings,
     ) -> Vault {
         Vault {
             keyring: RwLock::new(keyring),
             store,
             committer,
-            cvc: CvcCache::new(cvc_ttl),
+            cvc: CvcCache::new(settings.cvc_ttl),
             clock,
+            key_file: settings.key_file,
+            key_admin: tokio::sync::Mutex::new(()),
+            rewrap_wake: tokio::sync::Notify::new(),
+            max_wraps_per_key: settings.max_wraps_per_key,
         }
     }
 
@@ -249,6 +275,7 @@ impl Vault {
             ops: self.removal_ops(&record)?,
             events: vec![event],
             expect: vec![Expect::value(Table::Records, meta.token.as_bytes().to_vec(), bytes)],
+            kek: vec![record.kek_delta(-1, 0)?],
         };
         match self.committer.commit(change).await {
             Ok(()) => {}

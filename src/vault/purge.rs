@@ -38,6 +38,7 @@ impl Vault {
                 }
                 change.ops.extend(self.removal_ops(&record)?);
                 change.expect.push(Expect::value(Table::Records, id.to_vec(), bytes));
+                change.kek.push(record.kek_delta(-1, 0)?);
                 change.events.push(
                     AuditEvent::new(SYSTEM, "purge", "ok")
                         .tenant(&record.meta.tenant)

@@ -184,6 +184,15 @@ impl StoredRecord {
         keys
     }
 
+    /// A counter change for the key version that wraps this record's data key.
+    pub fn kek_delta(&self, records: i64, wraps: u64) -> Result<crate::commit::KekDelta, crate::crypto::CryptoError> {
+        Ok(crate::commit::KekDelta {
+            version: self.envelope.kek_version()?,
+            records,
+            wraps,
+        })
+    }
+
     pub fn fingerprint(&self) -> Option<&str> {
         let meta = &self.meta;
         meta.card

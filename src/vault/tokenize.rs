@@ -54,6 +54,7 @@ impl Vault {
         let mut credential = validate_request(request, now)?;
         let tenant = auth.tenant();
         let ring = self.keyring();
+        self.check_wrap_budget(ring.active_version())?;
         let (kind, normalized) = credential.fingerprint_input();
         let fingerprint = fingerprint(ring.fingerprint_key(), tenant, kind, &normalized);
         let cvc = match &mut credential {
@@ -147,6 +148,7 @@ impl Vault {
         }
         change.events.push(event("ok", token.as_str()));
         change.expect.push(Expect::absent(Table::Records, token_key.clone()));
+        change.kek.push(record.kek_delta(1, 1)?);
         if let Some(cvc) = cvc {
             prepared.cvcs.push((token_key, cvc));
         }
@@ -178,6 +180,7 @@ impl Vault {
                     all.change.ops.append(&mut p.change.ops);
                     all.change.events.append(&mut p.change.events);
                     all.change.expect.append(&mut p.change.expect);
+                    all.change.kek.append(&mut p.change.kek);
                     all.cvcs.append(&mut p.cvcs);
                     all.outcomes.append(&mut p.outcomes);
                 }

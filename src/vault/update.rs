@@ -140,6 +140,7 @@ impl Vault {
         }
         let payload = encode_payload(&new);
         let ring = self.keyring();
+        self.check_wrap_budget(ring.active_version())?;
         let aad = RecordAad {
             token: &meta.token,
             tenant: &meta.tenant,
@@ -173,6 +174,7 @@ impl Vault {
             ops,
             events: vec![event],
             expect: vec![Expect::value(Table::Records, token_key, old_bytes)],
+            kek: vec![record.kek_delta(-1, 0)?, updated.kek_delta(1, 1)?],
         };
         match self.committer.commit(change).await {
             Ok(()) => Ok(updated.meta),

@@ -6,6 +6,7 @@ mod dev_mode;
 mod durability;
 mod fixtures;
 mod harness;
+mod keys;
 mod leaks;
 mod lifecycle;
 mod tenants;
