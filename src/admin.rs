@@ -66,11 +66,20 @@ impl Connection {
         let tls = ClientTls::from_files(&self.ca, &self.cert, &self.key)
             .map_err(|e| AdminError::Usage(format!("client certificate files: {e}")))?;
         let config = tls.config().map_err(|e| AdminError::Usage(e.to_string()))?;
-        let name = if host.parse::<std::net::IpAddr>().is_ok() { "localhost" } else { host };
+        let name = if host.parse::<std::net::IpAddr>().is_ok() {
+            "localhost"
+        } else {
+            host
+        };
         Client::connect_named(addr, name, config)
             .await
             .map_err(|e| AdminError::Connect(e.to_string()))
     }
+}
+
+/// The value at a JSON pointer, `null` when absent.
+fn at<'a>(value: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
+    value.pointer(pointer).unwrap_or(&serde_json::Value::Null)
 }
 
 async fn call(client: &mut Client, method: Method, path: &str) -> Result<serde_json::Value, AdminError> {
@@ -80,7 +89,7 @@ async fn call(client: &mut Client, method: Method, path: &str) -> Result<serde_j
         .map_err(|e| AdminError::Connect(e.to_string()))?;
     let json = reply.json();
     if reply.status >= 400 {
-        let detail = json["detail"].as_str().unwrap_or("no detail").to_owned();
+        let detail = at(&json, "/detail").as_str().unwrap_or("no detail").to_owned();
         return Err(AdminError::Refused {
             status: reply.status,
             detail,
@@ -90,24 +99,31 @@ async fn call(client: &mut Client, method: Method, path: &str) -> Result<serde_j
 }
 
 fn print_status(status: &serde_json::Value) {
-    println!("active version: {}", status["active_version"]);
-    println!("{:>8}  {:<13}  {:<25}  {:>10}", "VERSION", "STATE", "CREATED", "RECORDS");
-    for v in status["versions"].as_array().into_iter().flatten() {
+    println!("active version: {}", at(status, "/active_version"));
+    println!(
+        "{:>8}  {:<13}  {:<25}  {:>10}",
+        "VERSION", "STATE", "CREATED", "RECORDS"
+    );
+    for v in at(status, "/versions").as_array().into_iter().flatten() {
         println!(
             "{:>8}  {:<13}  {:<25}  {:>10}",
-            v["version"],
-            v["state"].as_str().unwrap_or("?"),
-            v["created_at"].as_str().unwrap_or("?"),
-            v["records"]
+            at(v, "/version"),
+            at(v, "/state").as_str().unwrap_or("?"),
+            at(v, "/created_at").as_str().unwrap_or("?"),
+            at(v, "/records")
         );
     }
-    let r = &status["rewrap"];
+    let r = &at(status, "/rewrap");
     println!(
         "rewrap: {} ({} of {} records, {} records/s)",
-        if r["running"].as_bool() == Some(true) { "running" } else { "idle" },
-        r["done"],
-        r["total"],
-        r["rate"]
+        if at(r, "/running").as_bool() == Some(true) {
+            "running"
+        } else {
+            "idle"
+        },
+        at(r, "/done"),
+        at(r, "/total"),
+        at(r, "/rate")
     );
 }
 
@@ -129,7 +145,7 @@ pub async fn keys_rotate(conn: &Connection, wait: bool, as_json: bool) -> Result
     let mut client = conn.open().await?;
     let mut status = call(&mut client, Method::POST, "/v1/keys/rotate").await?;
     if wait {
-        let bar = indicatif::ProgressBar::new(status["rewrap"]["total"].as_u64().unwrap_or(0));
+        let bar = indicatif::ProgressBar::new(at(&status, "/rewrap/total").as_u64().unwrap_or(0));
         if as_json {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
@@ -137,11 +153,11 @@ pub async fn keys_rotate(conn: &Connection, wait: bool, as_json: bool) -> Result
             indicatif::ProgressStyle::with_template("rewrap {bar:40} {pos}/{len} records ({per_sec})")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        while status["rewrap"]["running"].as_bool() == Some(true) {
+        while at(&status, "/rewrap/running").as_bool() == Some(true) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             status = call(&mut client, Method::GET, "/v1/keys").await?;
-            bar.set_length(status["rewrap"]["total"].as_u64().unwrap_or(0));
-            bar.set_position(status["rewrap"]["done"].as_u64().unwrap_or(0));
+            bar.set_length(at(&status, "/rewrap/total").as_u64().unwrap_or(0));
+            bar.set_position(at(&status, "/rewrap/done").as_u64().unwrap_or(0));
         }
         bar.finish();
     }
@@ -169,17 +185,26 @@ pub fn change_passphrase(keyring: &Path, old: &PassphraseSource, new: &Passphras
 
 /// Where the audit trail is read from.
 pub enum AuditSource<'a> {
-    Offline { data_dir: &'a Path, keyring: &'a Path, passphrase: Passphrase },
+    Offline {
+        data_dir: &'a Path,
+        keyring: &'a Path,
+        passphrase: Passphrase,
+    },
     Online(&'a Connection),
 }
 
 /// Verifies the chain; returns whether it is whole.
 pub async fn audit_verify(source: AuditSource<'_>, as_json: bool) -> Result<bool, AdminError> {
     let verdict: serde_json::Value = match source {
-        AuditSource::Offline { data_dir, keyring, passphrase } => {
+        AuditSource::Offline {
+            data_dir,
+            keyring,
+            passphrase,
+        } => {
             let (ring, _) = unseal_keyring(keyring, &passphrase).map_err(|e| AdminError::Local(e.to_string()))?;
             let store = RocksStore::open_read_only(data_dir).map_err(|e| AdminError::Local(e.to_string()))?;
-            let verdict: Verdict = verify_store(&store, ring.audit_key()).map_err(|e| AdminError::Local(e.to_string()))?;
+            let verdict: Verdict =
+                verify_store(&store, ring.audit_key()).map_err(|e| AdminError::Local(e.to_string()))?;
             serde_json::to_value(verdict).unwrap_or_default()
         }
         AuditSource::Online(conn) => {
@@ -187,16 +212,16 @@ pub async fn audit_verify(source: AuditSource<'_>, as_json: bool) -> Result<bool
             call(&mut client, Method::GET, "/v1/audit/verify").await?
         }
     };
-    let ok = verdict["ok"].as_bool() == Some(true);
+    let ok = at(&verdict, "/ok").as_bool() == Some(true);
     if as_json {
         println!("{verdict}");
     } else if ok {
-        println!("audit chain whole: {} entries", verdict["entries"]);
+        println!("audit chain whole: {} entries", at(&verdict, "/entries"));
     } else {
         println!(
             "audit chain broken at sequence number {}: {}",
-            verdict["first_bad_seq"],
-            verdict["reason"].as_str().unwrap_or("?")
+            at(&verdict, "/first_bad_seq"),
+            at(&verdict, "/reason").as_str().unwrap_or("?")
         );
     }
     Ok(ok)
@@ -211,7 +236,9 @@ pub async fn audit_export(source: AuditSource<'_>, out: &mut dyn Write) -> Resul
             let store = RocksStore::open_read_only(data_dir).map_err(|e| AdminError::Local(e.to_string()))?;
             let mut from = Vec::new();
             loop {
-                let page = store.scan_from(Table::Audit, &from, 4096).map_err(|e| AdminError::Local(e.to_string()))?;
+                let page = store
+                    .scan_from(Table::Audit, &from, 4096)
+                    .map_err(|e| AdminError::Local(e.to_string()))?;
                 for (_, bytes) in &page {
                     out.write_all(bytes).map_err(io)?;
                     out.write_all(b"\n").map_err(io)?;
@@ -231,11 +258,11 @@ pub async fn audit_export(source: AuditSource<'_>, out: &mut dyn Write) -> Resul
             let mut after = 0u64;
             loop {
                 let page = call(&mut client, Method::GET, &format!("/v1/audit?after={after}&limit=1000")).await?;
-                for entry in page["entries"].as_array().into_iter().flatten() {
+                for entry in at(&page, "/entries").as_array().into_iter().flatten() {
                     writeln!(out, "{entry}").map_err(io)?;
                     n += 1;
                 }
-                match page["next"].as_u64() {
+                match at(&page, "/next").as_u64() {
                     Some(next) => after = next,
                     None => break,
                 }

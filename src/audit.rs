@@ -206,6 +206,29 @@ fn unhex(text: &str) -> Option<[u8; MAC_LEN]> {
     Some(out)
 }
 
+/// Verifies the whole chain stored in `store`, reading it in pages.
+pub fn verify_store(store: &dyn crate::store::Store, key: &KeyBytes) -> Result<Verdict, crate::store::StoreError> {
+    const PAGE: usize = 4096;
+    let mut verifier = Verifier::new(key);
+    let mut from = Vec::new();
+    loop {
+        let page = store.scan_from(crate::store::Table::Audit, &from, PAGE)?;
+        for (k, bytes) in &page {
+            if let Err(verdict) = verifier.check(k, bytes) {
+                return Ok(verdict);
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                from = last.clone();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(verifier.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,27 +288,4 @@ mod tests {
         let other = KeyBytes::new([8; 32]);
         assert_eq!(verify(&entries, &other).first_bad_seq, Some(1));
     }
-}
-
-/// Verifies the whole chain stored in `store`, reading it in pages.
-pub fn verify_store(store: &dyn crate::store::Store, key: &KeyBytes) -> Result<Verdict, crate::store::StoreError> {
-    const PAGE: usize = 4096;
-    let mut verifier = Verifier::new(key);
-    let mut from = Vec::new();
-    loop {
-        let page = store.scan_from(crate::store::Table::Audit, &from, PAGE)?;
-        for (k, bytes) in &page {
-            if let Err(verdict) = verifier.check(k, bytes) {
-                return Ok(verdict);
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => {
-                from = last.clone();
-                from.push(0);
-            }
-            _ => break,
-        }
-    }
-    Ok(verifier.finish())
 }

@@ -111,7 +111,11 @@ impl Client {
     }
 
     /// Connects to `addr`, expecting a server certificate for `server_name`.
-    pub async fn connect_named(addr: SocketAddr, server_name: &str, config: Arc<ClientConfig>) -> Result<Client, ClientError> {
+    pub async fn connect_named(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<ClientConfig>,
+    ) -> Result<Client, ClientError> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(server_name.to_owned()).map_err(|e| ClientError::Material(e.to_string()))?;

@@ -107,7 +107,9 @@ impl KekCounts {
     fn load(store: &dyn Store) -> Result<KekCounts, StoreError> {
         let mut map = std::collections::BTreeMap::new();
         for (key, value) in store.scan_from(Table::Meta, KEK_PREFIX, 1 << 20)? {
-            let Some(version) = key.strip_prefix(KEK_PREFIX) else { break };
+            let Some(version) = key.strip_prefix(KEK_PREFIX) else {
+                break;
+            };
             let (Ok(v), Some(count)) = (<[u8; 4]>::try_from(version), decode_count(&value)) else {
                 continue;
             };
@@ -121,7 +123,11 @@ impl KekCounts {
     }
 
     pub fn get(&self, version: u32) -> KekCount {
-        self.0.lock().ok().and_then(|m| m.get(&version).copied()).unwrap_or_default()
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&version).copied())
+            .unwrap_or_default()
     }
 }
 
@@ -265,7 +271,9 @@ impl Writer {
             }
             ops.append(&mut job.change.ops);
             for delta in &job.change.kek {
-                let count = counts.entry(delta.version).or_insert_with(|| self.counts.get(delta.version));
+                let count = counts
+                    .entry(delta.version)
+                    .or_insert_with(|| self.counts.get(delta.version));
                 count.records += delta.records;
                 count.wraps += delta.wraps;
             }
@@ -279,7 +287,11 @@ impl Writer {
         for (version, count) in &counts {
             ops.push(WriteOp::put(Table::Meta, kek_key(*version), encode_count(*count)));
         }
-        let result = if ops.is_empty() { Ok(()) } else { self.store.write(&ops, true) };
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(&ops, true)
+        };
         if result.is_ok() {
             if let Ok(mut shared) = self.counts.0.lock() {
                 shared.extend(counts);

@@ -111,6 +111,10 @@ impl Limits {
         time::Duration::seconds(i64::try_from(self.cvc_ttl_seconds.min(600)).unwrap_or(600))
     }
 
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
     pub fn ms(value: u64) -> Duration {
         Duration::from_millis(value)
     }

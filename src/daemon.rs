@@ -18,8 +18,8 @@ use crate::secret::{KeyBytes, Passphrase};
 use crate::startup::{raise_fd_limit, unseal_keyring, StartupError};
 use crate::store::{RocksStore, Store, StoreError};
 use crate::tls::{server_config, TlsError};
-use crate::vault::{KeyFile, RewrapPace, Vault, VaultSettings};
 use crate::vault::SYSTEM;
+use crate::vault::{KeyFile, RewrapPace, Vault, VaultSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

@@ -162,7 +162,9 @@ fn main() -> ExitCode {
             let result = read_passphrase(&source).and_then(|p| init_keyring(&keyring, &p));
             report(result.map(|()| println!("created keyring {}", keyring.display())))
         }
-        Command::DevPki { out } => report(write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display()))),
+        Command::DevPki { out } => {
+            report(write_dev_pki(&out).map(|()| println!("wrote a development PKI to {}", out.display())))
+        }
         Command::Keys { command } => keys(command),
         Command::Audit { command } => audit(command),
     }
@@ -187,7 +189,10 @@ fn keys(command: KeysCommand) -> ExitCode {
             new_passphrase_file,
         } => {
             let old = passphrase_file.map_or(PassphraseSource::Default, PassphraseSource::File);
-            let new = new_passphrase_file.map_or(PassphraseSource::Env("TOKENVAULT_NEW_PASSPHRASE".into()), PassphraseSource::File);
+            let new = new_passphrase_file.map_or(
+                PassphraseSource::Env("TOKENVAULT_NEW_PASSPHRASE".into()),
+                PassphraseSource::File,
+            );
             Ok(admin::change_passphrase(&keyring, &old, &new).map(|()| println!("re-sealed {}", keyring.display())))
         }
     };
@@ -200,9 +205,16 @@ fn keys(command: KeysCommand) -> ExitCode {
 fn audit_source<'a>(offline: &'a Offline, conn: &'a Connection) -> Result<admin::AuditSource<'a>, String> {
     match (&offline.data_dir, &offline.keyring) {
         (Some(data_dir), Some(keyring)) => {
-            let source = offline.passphrase_file.clone().map_or(PassphraseSource::Default, PassphraseSource::File);
+            let source = offline
+                .passphrase_file
+                .clone()
+                .map_or(PassphraseSource::Default, PassphraseSource::File);
             let passphrase = read_passphrase(&source).map_err(|e| e.to_string())?;
-            Ok(admin::AuditSource::Offline { data_dir, keyring, passphrase })
+            Ok(admin::AuditSource::Offline {
+                data_dir,
+                keyring,
+                passphrase,
+            })
         }
         _ => Ok(admin::AuditSource::Online(conn)),
     }
@@ -222,7 +234,9 @@ fn audit(command: AuditCommand) -> ExitCode {
         AuditCommand::Export { offline, conn, out } => {
             let run = |source| -> Result<u64, String> {
                 let mut sink: Box<dyn std::io::Write> = match &out {
-                    Some(path) => Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+                    Some(path) => {
+                        Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+                    }
                     None => Box::new(std::io::stdout().lock()),
                 };
                 block_on(admin::audit_export(source, &mut *sink))?.map_err(|e| e.to_string())

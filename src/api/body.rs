@@ -14,7 +14,19 @@ use crate::validate::{Code, ValidationError};
 
 /// Reads the whole body, refusing more than `limit` bytes (first by
 /// `Content-Length`, then while reading a body without one).
-pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    // A client that stops sending mid-body must not hold a connection slot.
+    tokio::time::timeout(timeout, read_body_inner(headers, body, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
+}
+
+async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -22,7 +34,9 @@ pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Res
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let capacity = declared.map_or(1024, |n| n as usize).min(limit);
+    // Reserve only a little up front: memory follows the bytes that arrive, not
+    // what a client declares.
+    let capacity = declared.map_or(1024, |n| n as usize).min(limit).min(16 * 1024);
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -68,9 +82,60 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How deeply JSON may nest; the request schemas need four levels.
+pub const MAX_DEPTH: usize = 16;
+
+/// Checks the shape of a JSON text before it is decoded: an object at the top,
+/// nesting at most `MAX_DEPTH`, and no arrays unless `arrays` (serde would accept
+/// an array in place of any object, filling fields by position). Only structure is
+/// inspected; string contents are skipped.
+fn check_shape(bytes: &[u8], arrays: bool) -> Result<(), ApiError> {
+    let shape = |detail: &str| ApiError::BadRequest {
+        field: None,
+        detail: detail.to_owned(),
+    };
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(shape("the request body must be a JSON object")),
+        None => return Err(ApiError::InvalidJson),
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' if !arrays => return Err(shape("arrays are not accepted in this request")),
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(shape("the JSON nests too deeply"));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a JSON object without arrays into `T` (single-item requests).
+pub fn decode_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_shape(bytes, false)?;
+    decode(bytes)
+}
+
 /// Decodes JSON into `T`, mapping every serde failure to a problem that names the
 /// field (by its JSON path) and the rule, never the submitted value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_shape(bytes, true)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
     de.end().map_err(|_| ApiError::InvalidJson)?;
@@ -79,6 +144,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Like `decode`, for types that borrow from the body (batch envelopes).
 pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    check_shape(bytes, true)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
     de.end().map_err(|_| ApiError::InvalidJson)?;
@@ -159,8 +225,9 @@ fn map_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         return field_error(&field, "missing", format!("{field} is required"));
     }
     if message.starts_with("duplicate field `") {
+        let field = quoted_name(&message, "duplicate field `").map(|name| join(&path, &name));
         return ApiError::BadRequest {
-            field: Some(path),
+            field,
             detail: "a field appears twice".into(),
         };
     }

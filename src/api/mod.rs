@@ -158,10 +158,15 @@ pub async fn handle(
     let request_id = state.request_ids.next();
     let path = request.uri().path().to_owned();
     let route = Route::parse(&path);
-    let response = match dispatch(&state, &peer, route, request, &request_id).await {
+    let head = request.method() == Method::HEAD;
+    let mut response = match dispatch(&state, &peer, route, request, &request_id).await {
         Ok(response) => response,
         Err(error) => error.into_response(&request_id),
     };
+    if head {
+        // A response to HEAD has headers only (HTTP/2 treats a body as a protocol error).
+        *response.body_mut() = Full::new(Bytes::new());
+    }
     tracing::debug!(
         route = route.name(),
         status = response.status().as_u16(),
@@ -209,7 +214,10 @@ async fn dispatch(
             Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch,
             &Method::POST
         ) | (Route::Token(_), &Method::GET | &Method::PATCH | &Method::DELETE)
-            | (Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify, &Method::GET)
+            | (
+                Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify,
+                &Method::GET
+            )
             | (Route::KeysRotate | Route::KeyRetire(_), &Method::POST)
     );
     if !allowed {
@@ -240,7 +248,15 @@ async fn dispatch(
             let auth = ctx.permit::<Detokenize>(None).await?;
             // The body is not used; it is read (bounded) and wiped.
             let (parts, body) = request.into_parts();
-            drop(body::read_body(&parts.headers, body, state.limits.max_body_bytes).await?);
+            drop(
+                body::read_body(
+                    &parts.headers,
+                    body,
+                    state.limits.max_body_bytes,
+                    state.limits.body_timeout(),
+                )
+                .await?,
+            );
             let revealed = state.vault.detokenize(&auth, token, request_id).await?;
             Ok(views::detokenized(&revealed, request_id))
         }
@@ -251,12 +267,20 @@ async fn dispatch(
         }
         Route::KeysRotate => {
             let auth = ctx.permit::<ManageKeys>(None).await?;
-            Ok(views::json(StatusCode::OK, &state.vault.rotate(&auth, request_id).await?, request_id))
+            Ok(views::json(
+                StatusCode::OK,
+                &state.vault.rotate(&auth, request_id).await?,
+                request_id,
+            ))
         }
         Route::KeyRetire(version) => {
             let auth = ctx.permit::<ManageKeys>(None).await?;
             let version = version.parse::<u32>().map_err(|_| ApiError::NotFound)?;
-            Ok(views::json(StatusCode::OK, &state.vault.retire(&auth, version, request_id).await?, request_id))
+            Ok(views::json(
+                StatusCode::OK,
+                &state.vault.retire(&auth, version, request_id).await?,
+                request_id,
+            ))
         }
         Route::Audit => {
             let auth = ctx.permit::<ReadAudit>(None).await?;
@@ -273,12 +297,18 @@ async fn dispatch(
                 }),
             };
             let (after, limit) = (number("after", 0)?, number("limit", 100)?);
-            let page = state.vault.audit_entries(&auth, after, usize::try_from(limit).unwrap_or(usize::MAX))?;
+            let page = state
+                .vault
+                .audit_entries(&auth, after, usize::try_from(limit).unwrap_or(usize::MAX))?;
             Ok(views::json(StatusCode::OK, &page, request_id))
         }
         Route::AuditVerify => {
             let auth = ctx.permit::<ReadAudit>(None).await?;
-            Ok(views::json(StatusCode::OK, &state.vault.audit_verify(&auth)?, request_id))
+            Ok(views::json(
+                StatusCode::OK,
+                &state.vault.audit_verify(&auth)?,
+                request_id,
+            ))
         }
         Route::CustomerTokens(customer) => {
             let customer = percent_decode(customer).ok_or(ApiError::NotFound)?;
@@ -339,6 +369,9 @@ impl Ctx<'_> {
     }
 
     async fn audit_denied(&self, tenant: Option<&str>) {
+        // A tenant named by the caller is written only if it is one of the
+        // client's own: anything else is caller text and could hold anything.
+        let tenant = tenant.filter(|t| self.client.tenants.iter().any(|c| c == t));
         audit_denied(
             self.state,
             &self.client.identity,

@@ -37,6 +37,8 @@ pub enum ApiError {
     KeyVersionInUse { records: Option<i64> },
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    #[error("request body timed out")]
+    RequestTimeout,
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("method not allowed")]
@@ -81,9 +83,12 @@ impl ApiError {
             VaultError::Invalid(v) => ApiError::Invalid(v.clone()),
             VaultError::NotFound => ApiError::NotFound,
             VaultError::Expired => ApiError::TokenExpired,
-            VaultError::TokenSpaceExhausted => ApiError::Conflict {
-                detail: "no unused token of the requested format is left for this card",
-            },
+            VaultError::TokenSpaceExhausted => ApiError::Invalid(crate::validate::ValidationError::new(
+                crate::validate::Code::InvalidRequest,
+                "format",
+                "exhausted",
+                "no unused numeric token is left for this card number in this tenant; use format opaque",
+            )),
             VaultError::Forbidden(e) => ApiError::from(e.clone()),
             VaultError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             VaultError::KeyVersionInUse { records } => ApiError::KeyVersionInUse { records: *records },
@@ -142,6 +147,7 @@ impl ApiError {
             IdempotencyKeyReused => (StatusCode::CONFLICT, "idempotency_key_reused", "Idempotency key reused"),
             KeyVersionInUse { .. } => (StatusCode::CONFLICT, "key_version_in_use", "Key version in use"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request", "Request timeout"),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -191,7 +197,9 @@ impl ApiError {
                 None,
                 Some("records"),
             ),
-            KeyVersionInUse { records: None } => ("the active key version cannot be retired".into(), None, Some("active")),
+            KeyVersionInUse { records: None } => {
+                ("the active key version cannot be retired".into(), None, Some("active"))
+            }
             IdempotencyKeyReused => (
                 "this Idempotency-Key was used with a different request".into(),
                 Some("Idempotency-Key"),
@@ -199,6 +207,7 @@ impl ApiError {
             ),
             PayloadTooLarge { limit } => (format!("the request body exceeds {limit} bytes"), None, None),
             UnsupportedMediaType => ("send Content-Type: application/json".into(), None, None),
+            RequestTimeout => ("the request body did not arrive in time".into(), None, Some("timeout")),
             MethodNotAllowed { allow } => (format!("allowed methods: {allow}"), None, None),
             Unavailable => ("the vault cannot serve this request now".into(), None, None),
             Internal => ("the request could not be completed".into(), None, None),

@@ -81,8 +81,14 @@ pub(super) async fn tokenize(ctx: &Ctx<'_>, request: Request<Incoming>) -> Resul
     ctx.permit::<Tokenize>(None).await?;
     let (parts, body) = request.into_parts();
     body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, ctx.state.limits.max_body_bytes).await?;
-    let input: TokenizeRequest = body::decode(&raw)?;
+    let raw = body::read_body(
+        &parts.headers,
+        body,
+        ctx.state.limits.max_body_bytes,
+        ctx.state.limits.body_timeout(),
+    )
+    .await?;
+    let input: TokenizeRequest = body::decode_object(&raw)?;
     let auth = ctx.permit_single::<Tokenize>(input.tenant.as_deref()).await?;
     let vault = &ctx.state.vault;
     let key = idempotency_header(&parts.headers)
@@ -111,7 +117,13 @@ pub(super) async fn tokenize_batch(
     let proof = ctx.permit::<Tokenize>(None).await?;
     let (parts, body) = request.into_parts();
     body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, ctx.state.limits.max_batch_body_bytes).await?;
+    let raw = body::read_body(
+        &parts.headers,
+        body,
+        ctx.state.limits.max_batch_body_bytes,
+        ctx.state.limits.body_timeout(),
+    )
+    .await?;
     let batch: BatchBody<'_> = body::decode_borrowed(&raw)?;
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH_ITEMS {
         return Err(too_many("items"));
@@ -167,7 +179,13 @@ pub(super) async fn detokenize_batch(
     let auth = ctx.permit::<Detokenize>(None).await?;
     let (parts, body) = request.into_parts();
     body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, ctx.state.limits.max_batch_body_bytes).await?;
+    let raw = body::read_body(
+        &parts.headers,
+        body,
+        ctx.state.limits.max_batch_body_bytes,
+        ctx.state.limits.body_timeout(),
+    )
+    .await?;
     let list: TokenList = body::decode(&raw)?;
     if list.tokens.is_empty() || list.tokens.len() > MAX_BATCH_ITEMS {
         return Err(too_many("tokens"));
@@ -188,8 +206,14 @@ pub(super) async fn update(
     let auth = ctx.permit::<Update>(None).await?;
     let (parts, body) = request.into_parts();
     body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, ctx.state.limits.max_body_bytes).await?;
-    let patch: PatchRequest = body::decode(&raw)?;
+    let raw = body::read_body(
+        &parts.headers,
+        body,
+        ctx.state.limits.max_body_bytes,
+        ctx.state.limits.body_timeout(),
+    )
+    .await?;
+    let patch: PatchRequest = body::decode_object(&raw)?;
     drop(raw);
     let meta = ctx.state.vault.update(&auth, token, &patch, ctx.request_id).await?;
     Ok(views::json(StatusCode::OK, &meta, ctx.request_id))

@@ -178,7 +178,12 @@ impl Keyring {
             versions: self
                 .versions
                 .values()
-                .map(|v| (v.version, KekVersion::new(v.version, v.state, v.created_at, v.key.as_ref().map(copy))))
+                .map(|v| {
+                    (
+                        v.version,
+                        KekVersion::new(v.version, v.state, v.created_at, v.key.as_ref().map(copy)),
+                    )
+                })
                 .collect(),
             active: self.active,
             fingerprint_key: copy(&self.fingerprint_key),

@@ -102,6 +102,131 @@ const LENGTHS: &[(&str, usize)] = &[
     ("YE", 30),
 ];
 
+/// Country code → BBAN structure from the registry: runs of `n` digits, `a` upper
+/// case letters, `c` letters or digits (`8n10n`: 8 digits then 10 digits).
+const FORMATS: &[(&str, &str)] = &[
+    ("AD", "4n4n12c"),
+    ("AE", "3n16n"),
+    ("AL", "8n16c"),
+    ("AT", "5n11n"),
+    ("AZ", "4a20c"),
+    ("BA", "3n3n8n2n"),
+    ("BE", "3n7n2n"),
+    ("BG", "4a4n2n8c"),
+    ("BH", "4a14c"),
+    ("BI", "5n5n11n2n"),
+    ("BR", "8n5n10n1a1c"),
+    ("BY", "4c4n16c"),
+    ("CH", "5n12c"),
+    ("CR", "4n14n"),
+    ("CY", "3n5n16c"),
+    ("CZ", "4n6n10n"),
+    ("DE", "8n10n"),
+    ("DJ", "5n5n11n2n"),
+    ("DK", "4n9n1n"),
+    ("DO", "4c20n"),
+    ("EE", "2n2n11n1n"),
+    ("EG", "4n4n17n"),
+    ("ES", "4n4n1n1n10n"),
+    ("FI", "3n11n"),
+    ("FK", "2a12n"),
+    ("FO", "4n9n1n"),
+    ("FR", "5n5n11c2n"),
+    ("GB", "4a6n8n"),
+    ("GE", "2a16n"),
+    ("GI", "4a15c"),
+    ("GL", "4n9n1n"),
+    ("GR", "3n4n16c"),
+    ("GT", "4c20c"),
+    ("HN", "4a20n"),
+    ("HR", "7n10n"),
+    ("HU", "3n4n1n15n1n"),
+    ("IE", "4a6n8n"),
+    ("IL", "3n3n13n"),
+    ("IQ", "4a3n12n"),
+    ("IS", "4n2n6n10n"),
+    ("IT", "1a5n5n12c"),
+    ("JO", "4a4n18c"),
+    ("KW", "4a22c"),
+    ("KZ", "3n13c"),
+    ("LB", "4n20c"),
+    ("LC", "4a24c"),
+    ("LI", "5n12c"),
+    ("LT", "5n11n"),
+    ("LU", "3n13c"),
+    ("LV", "4a13c"),
+    ("LY", "3n3n15n"),
+    ("MC", "5n5n11c2n"),
+    ("MD", "2c18c"),
+    ("ME", "3n13n2n"),
+    ("MK", "3n10c2n"),
+    ("MN", "4n12n"),
+    ("MR", "5n5n11n2n"),
+    ("MT", "4a5n18c"),
+    ("MU", "4a2n2n12n3n3a"),
+    ("NI", "4a20n"),
+    ("NL", "4a10n"),
+    ("NO", "4n6n1n"),
+    ("OM", "3n16c"),
+    ("PK", "4a16c"),
+    ("PL", "8n16n"),
+    ("PS", "4a21c"),
+    ("PT", "4n4n11n2n"),
+    ("QA", "4a21c"),
+    ("RO", "4a16c"),
+    ("RS", "3n13n2n"),
+    ("RU", "9n5n15c"),
+    ("SA", "2n18c"),
+    ("SC", "4a2n2n16n3a"),
+    ("SD", "2n12n"),
+    ("SE", "3n16n1n"),
+    ("SI", "5n8n2n"),
+    ("SK", "4n6n10n"),
+    ("SM", "1a5n5n12c"),
+    ("SO", "4n3n12n"),
+    ("ST", "4n4n11n2n"),
+    ("SV", "4a20n"),
+    ("TL", "3n14n2n"),
+    ("TN", "2n3n13n2n"),
+    ("TR", "5n1n16c"),
+    ("UA", "6n19c"),
+    ("VA", "3n15n"),
+    ("VG", "4a16n"),
+    ("XK", "4n10n2n"),
+    ("YE", "4a4n18c"),
+];
+
+/// True when `bban` (upper case) has the registry structure of `country`; a
+/// country without a listed structure passes.
+fn bban_matches(country: &str, bban: &[u8]) -> bool {
+    let Some((_, format)) = FORMATS.iter().find(|(code, _)| *code == country) else {
+        return true;
+    };
+    let mut rest = bban;
+    let mut count = 0usize;
+    for ch in format.bytes() {
+        if ch.is_ascii_digit() {
+            count = count * 10 + usize::from(ch - b'0');
+            continue;
+        }
+        if rest.len() < count {
+            return false;
+        }
+        let (run, tail) = rest.split_at(count);
+        let ok = match ch {
+            b'n' => run.iter().all(u8::is_ascii_digit),
+            b'a' => run.iter().all(u8::is_ascii_uppercase),
+            _ => run.iter().all(u8::is_ascii_alphanumeric),
+        };
+        if !ok {
+            return false;
+        }
+        rest = tail;
+        count = 0;
+    }
+    rest.is_empty()
+}
+
 /// The registry length of a country's IBANs, if the country uses IBAN.
 pub fn iban_country_length(country: &str) -> Option<usize> {
     LENGTHS.iter().find(|(code, _)| *code == country).map(|&(_, len)| len)
@@ -153,6 +278,12 @@ pub fn normalize_iban(raw: &str) -> Result<(Iban, String), ValidationError> {
         return Err(error(
             "length",
             "bank_account.iban does not have its country's registry length",
+        ));
+    }
+    if !bban_matches(&country, bytes.get(4..).unwrap_or_default()) {
+        return Err(error(
+            "format",
+            "bank_account.iban does not have its country's account number format",
         ));
     }
     let check = bytes.get(2..4).unwrap_or_default();
@@ -224,6 +355,54 @@ mod tests {
         ] {
             assert!(check(raw).is_ok(), "{raw}");
         }
+    }
+
+    #[test]
+    fn registry_examples_match_their_structure() {
+        for raw in [
+            "BG80BNBG96611020345678",
+            "CY17002001280000001200527600",
+            "CZ6508000000192000145399",
+            "DK5000400440116243",
+            "EE382200221020145685",
+            "FI2112345600000785",
+            "GR1601101250000000012300695",
+            "HR1210010051863000160",
+            "HU42117730161111101800000000",
+            "IE29AIBK93115212345678",
+            "IS140159260076545510730339",
+            "LI21088100002324013AA",
+            "LT121000011101001000",
+            "LU280019400644750000",
+            "LV80BANK0000435195001",
+            "MC5811222000010123456789030",
+            "PL61109010140000071219812874",
+            "PT50000201231234567890154",
+            "RO49AAAA1B31007593840000",
+            "SE4550000000058398257466",
+            "SI56263300012039086",
+            "SK3112000000198742637541",
+            "SM86U0322509800000000270100",
+            "TR330006100519786457841326",
+            "AE070331234567890123456",
+            "AD1200012030200359100100",
+            "MU17BOMM0101101030300200000MUR",
+            "SC18SSCB11010000000000001497USD",
+            "DE89370400440532013000",
+            "FR1420041010050500013M02606",
+            "BR1800360305000010009795493C1",
+            "MT84MALT011000012345MTLCAST001S",
+        ] {
+            assert_eq!(check(raw).err(), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn structure_violations_are_format_errors() {
+        // Valid check digits, letters where the registry has digits.
+        assert_eq!(check("DE17ABCDEFGH1234567890").err(), Some("format"));
+        assert_eq!(check("GB94BARC10201530093459").err(), None);
+        assert_eq!(check("GB09BA1C10201530093459").err(), Some("format"));
     }
 
     #[test]

@@ -73,6 +73,33 @@ impl ValidationError {
     }
 }
 
+/// Checks a caller reference (customer id): 1–128 visible ASCII characters, and
+/// nothing that looks like a card or account number (a run of 12 or more digits),
+/// since references are stored and indexed in clear.
+pub fn validate_reference(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ValidationError::new(
+            Code::InvalidRequest,
+            field,
+            "chars",
+            format!("{field} must be 1 to 128 visible ASCII characters"),
+        ));
+    }
+    let mut run = 0usize;
+    for b in value.bytes() {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 12 {
+            return Err(ValidationError::new(
+                Code::InvalidRequest,
+                field,
+                "pan_like",
+                format!("{field} must not contain 12 or more digits in a row"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a free-text field (holder name, address line, customer reference):
 /// bounded length, no control characters. The value is never echoed.
 pub fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), ValidationError> {

@@ -17,9 +17,16 @@ pub struct AuditPage {
 
 impl Vault {
     /// Entries with a sequence number greater than `after`, at most `limit`.
-    pub fn audit_entries(&self, _auth: &Authorized<ReadAudit>, after: u64, limit: usize) -> Result<AuditPage, VaultError> {
+    pub fn audit_entries(
+        &self,
+        _auth: &Authorized<ReadAudit>,
+        after: u64,
+        limit: usize,
+    ) -> Result<AuditPage, VaultError> {
         let limit = limit.clamp(1, MAX_AUDIT_PAGE);
-        let rows = self.store.scan_from(Table::Audit, &seq_key(after.saturating_add(1)), limit + 1)?;
+        let rows = self
+            .store
+            .scan_from(Table::Audit, &seq_key(after.saturating_add(1)), limit + 1)?;
         let more = rows.len() > limit;
         let mut entries = Vec::with_capacity(limit);
         for (_, bytes) in rows.iter().take(limit) {

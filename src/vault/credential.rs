@@ -9,7 +9,7 @@ use super::record::{BankMeta, CardMeta};
 use crate::secret::{AccountNumber, Cvc, Iban, Pan, Personal, SecretInput};
 use crate::validate::{
     bin_and_last4, detect_brand, normalize_iban, normalize_pan, validate_account_number, validate_cvc, validate_expiry,
-    validate_routing_number, validate_text, Brand, Code, ValidationError, YearMonth,
+    validate_reference, validate_routing_number, validate_text, Brand, Code, ValidationError, YearMonth,
 };
 
 pub const TYPE_CARD: u8 = 1;
@@ -74,7 +74,7 @@ fn personal(field: &str, input: Option<&SecretInput>, max: usize) -> Result<Opti
 /// Validates the credential part of a tokenize request against `now`.
 pub fn validate_request(request: &TokenizeRequest, now: OffsetDateTime) -> Result<Credential, ValidationError> {
     if let Some(customer) = &request.customer {
-        validate_text("customer", customer, 128)?;
+        validate_reference("customer", customer)?;
     }
     if let Some(ttl) = request.ttl_seconds {
         if !(1..=10 * 365 * 24 * 3600).contains(&ttl) {
@@ -206,6 +206,16 @@ fn validate_bank(input: &BankInput) -> Result<Credential, ValidationError> {
     }))
 }
 
+/// The visible tail of an account number: the last 4 digits, but only the last 2
+/// of a number shorter than 8 digits, so metadata never reveals most of one.
+fn short_tail(account: &str) -> String {
+    let keep = if account.len() >= 8 { 4 } else { 2 };
+    account
+        .get(account.len().saturating_sub(keep)..)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Payload field tags (see `record.rs` for the encoding).
 pub mod tag {
     pub const NUMBER: u8 = 1;
@@ -311,7 +321,7 @@ impl Credential {
             }),
             Credential::Ach(a) => Some(BankMeta {
                 country: Some("US".to_owned()),
-                last4: last4(a.account_number.expose_secret()),
+                last4: short_tail(a.account_number.expose_secret()),
                 routing_number: Some(a.routing_number.clone()),
                 account_type: Some(a.account_type),
                 fingerprint: fingerprint.to_owned(),

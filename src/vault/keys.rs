@@ -98,7 +98,11 @@ impl Vault {
     }
 
     fn state_op(state: &RewrapState) -> WriteOp {
-        WriteOp::put(Table::Meta, REWRAP_STATE.to_vec(), serde_json::to_vec(state).unwrap_or_default())
+        WriteOp::put(
+            Table::Meta,
+            REWRAP_STATE.to_vec(),
+            serde_json::to_vec(state).unwrap_or_default(),
+        )
     }
 
     pub fn key_status(&self, _auth: &Authorized<ReadKeys>) -> Result<KeyStatus, VaultError> {
@@ -126,7 +130,11 @@ impl Vault {
         let state = self.rewrap_state()?;
         let end = state.finished_unix.unwrap_or_else(|| self.now_f64());
         let elapsed = state.started_unix.map_or(0.0, |start| end - start);
-        let rate = if elapsed > 0.0 { state.done as f64 / elapsed } else { 0.0 };
+        let rate = if elapsed > 0.0 {
+            state.done as f64 / elapsed
+        } else {
+            0.0
+        };
         Ok(KeyStatus {
             active_version: ring.active_version(),
             versions,
@@ -182,7 +190,9 @@ impl Vault {
             finished_unix: None,
         };
         let events = vec![
-            AuditEvent::new(auth.identity(), "rotate", "ok").request_id(request_id).key_version(version),
+            AuditEvent::new(auth.identity(), "rotate", "ok")
+                .request_id(request_id)
+                .key_version(version),
             AuditEvent::new(SYSTEM, "rewrap_start", "ok").key_version(version),
         ];
         let change = Change {
@@ -198,7 +208,12 @@ impl Vault {
     /// Destroys a version's key material. Refused while any record needs it — by
     /// the exact counters and, before anything is destroyed, by a scan of the
     /// records, so a counting error can never cost data.
-    pub async fn retire(&self, auth: &Authorized<ManageKeys>, version: u32, request_id: &str) -> Result<KeyStatus, VaultError> {
+    pub async fn retire(
+        &self,
+        auth: &Authorized<ManageKeys>,
+        version: u32,
+        request_id: &str,
+    ) -> Result<KeyStatus, VaultError> {
         let _serial = self.key_admin.lock().await;
         let ring = self.keyring();
         let entry = ring.kek(version).ok_or(VaultError::NotFound)?;
@@ -220,7 +235,9 @@ impl Vault {
         let mut next = ring.duplicate();
         next.retire(version)?;
         self.persist_and_publish(next)?;
-        let event = AuditEvent::new(auth.identity(), "retire", "ok").request_id(request_id).key_version(version);
+        let event = AuditEvent::new(auth.identity(), "retire", "ok")
+            .request_id(request_id)
+            .key_version(version);
         self.commit_events(vec![event]).await?;
         self.status()
     }
@@ -277,7 +294,9 @@ impl Vault {
             state.finished_at = Some(rfc3339(self.clock.now()));
             state.finished_unix = Some(self.now_f64());
             change.ops.push(Self::state_op(&state));
-            change.events.push(AuditEvent::new(SYSTEM, "rewrap_finish", "ok").key_version(target));
+            change
+                .events
+                .push(AuditEvent::new(SYSTEM, "rewrap_finish", "ok").key_version(target));
             self.committer.commit(change).await?;
             return Ok(false);
         }
@@ -294,10 +313,22 @@ impl Vault {
                 record_type: record.record_type,
             };
             record.envelope = rewrap(&ring, aad, &record.envelope)?;
-            change.ops.push(WriteOp::put(Table::Records, key.clone(), record.encode()));
-            change.expect.push(Expect::value(Table::Records, key.clone(), bytes.clone()));
-            change.kek.push(KekDelta { version: old, records: -1, wraps: 0 });
-            change.kek.push(KekDelta { version: target, records: 1, wraps: 1 });
+            change
+                .ops
+                .push(WriteOp::put(Table::Records, key.clone(), record.encode()));
+            change
+                .expect
+                .push(Expect::value(Table::Records, key.clone(), bytes.clone()));
+            change.kek.push(KekDelta {
+                version: old,
+                records: -1,
+                wraps: 0,
+            });
+            change.kek.push(KekDelta {
+                version: target,
+                records: 1,
+                wraps: 1,
+            });
             rewrapped += 1;
         }
         if let Some((last, _)) = page.last() {

@@ -3,13 +3,13 @@
 //! validates, seals and opens records, and hands durable changes (with their audit
 //! entries and preconditions) to the group committer.
 
+mod audit_log;
 pub mod credential;
 pub mod cvc;
 mod idempotency;
 pub mod input;
 mod keys;
 mod purge;
-mod audit_log;
 pub mod record;
 mod reveal;
 mod tokenize;
@@ -28,13 +28,13 @@ use crate::token::Token;
 use crate::validate::ValidationError;
 
 use cvc::CvcCache;
-use record::{fingerprint_key, Metadata, StoredRecord};
+use record::{fingerprint_key, storage_key, Metadata, StoredRecord};
 
 pub use idempotency::{IdempotencyKey, Lookup};
+pub use keys::{KeyFile, KeyStatus, RewrapPace, RewrapState};
 pub use reveal::{Detokenized, Revealed};
 pub use tokenize::{BatchItem, Prepared, Tokenized};
 pub use update::PatchRequest;
-pub use keys::{KeyFile, KeyStatus, RewrapPace, RewrapState};
 pub use wallet::WalletPage;
 
 #[derive(Debug, thiserror::Error)]
@@ -132,28 +132,43 @@ impl Vault {
         self.clock.now().unix_timestamp()
     }
 
-    /// Reads a record by token, whoever owns it. `None` for unknown or malformed.
-    fn load(&self, token: &str) -> Result<Option<(StoredRecord, Vec<u8>)>, VaultError> {
-        let Some(token) = Token::parse(token) else {
-            return Ok(None);
-        };
-        let Some(bytes) = self.store.get(Table::Records, token.as_str().as_bytes())? else {
+    /// Reads a record by its storage key.
+    fn load_key(&self, key: &[u8]) -> Result<Option<(StoredRecord, Vec<u8>)>, VaultError> {
+        let Some(bytes) = self.store.get(Table::Records, key)? else {
             return Ok(None);
         };
         let record = StoredRecord::decode(&bytes).map_err(|_| VaultError::Corrupt)?;
-        if record.meta.token != token.as_str() {
+        if record.storage_key() != key {
             return Err(VaultError::Corrupt);
         }
         Ok(Some((record, bytes)))
     }
 
+    /// Reads a record by token among `tenants`. `None` for unknown, malformed, or
+    /// another tenant's token: the three are indistinguishable to the caller.
+    fn load(&self, tenants: &[String], token: &str) -> Result<Option<(StoredRecord, Vec<u8>)>, VaultError> {
+        let Some(token) = Token::parse(token) else {
+            return Ok(None);
+        };
+        for tenant in tenants {
+            if let Some((record, bytes)) = self.load_key(&storage_key(tenant, token.as_str()))? {
+                if tenants.contains(&record.meta.tenant) {
+                    return Ok(Some((record, bytes)));
+                }
+                // An opaque token is the same key in every tenant: one read suffices.
+                return Ok(None);
+            }
+            if token.as_str().starts_with("tok_") {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     /// Reads a record the caller may see. Another tenant's token and an unknown one
     /// are the same `NotFound`; an expired one is `Expired` (when `live`).
     fn find(&self, tenants: &[String], token: &str, live: bool) -> Result<(StoredRecord, Vec<u8>), VaultError> {
-        let (record, bytes) = self.load(token)?.ok_or(VaultError::NotFound)?;
-        if !tenants.contains(&record.meta.tenant) {
-            return Err(VaultError::NotFound);
-        }
+        let (record, bytes) = self.load(tenants, token)?.ok_or(VaultError::NotFound)?;
         if live && record.is_expired(self.now_unix()) {
             return Err(VaultError::Expired);
         }
@@ -179,7 +194,7 @@ impl Vault {
         let (record, _) = self.find(tenants, token, true)?;
         let plain = self.open_payload(&record)?;
         let key_version = record.envelope.kek_version()?;
-        let cvc = self.cvc.take(record.meta.token.as_bytes(), self.clock.now());
+        let cvc = self.cvc.take(&record.storage_key(), self.clock.now());
         let revealed = Revealed::from_payload(record.record_type, &plain, &record.meta, cvc)?;
         Ok((
             Detokenized {
@@ -248,7 +263,7 @@ impl Vault {
     /// The deletes of a record and every index entry that points at it.
     fn removal_ops(&self, record: &StoredRecord) -> Result<Vec<WriteOp>, VaultError> {
         let meta = &record.meta;
-        let mut ops = vec![WriteOp::delete(Table::Records, meta.token.as_bytes().to_vec())];
+        let mut ops = vec![WriteOp::delete(Table::Records, record.storage_key())];
         for (table, key) in record.index_keys() {
             ops.push(WriteOp::delete(table, key));
         }
@@ -274,7 +289,7 @@ impl Vault {
         let change = Change {
             ops: self.removal_ops(&record)?,
             events: vec![event],
-            expect: vec![Expect::value(Table::Records, meta.token.as_bytes().to_vec(), bytes)],
+            expect: vec![Expect::value(Table::Records, record.storage_key(), bytes)],
             kek: vec![record.kek_delta(-1, 0)?],
         };
         match self.committer.commit(change).await {
@@ -282,7 +297,7 @@ impl Vault {
             Err(StoreError::Conflict) => return Err(VaultError::Conflict),
             Err(e) => return Err(e.into()),
         }
-        self.cvc.forget(meta.token.as_bytes());
+        self.cvc.forget(&record.storage_key());
         Ok(())
     }
 

@@ -30,7 +30,7 @@ impl Vault {
                     change.ops.extend(self.idempotency_purge_ops(id)?);
                     continue;
                 }
-                let Some((record, bytes)) = self.load(&String::from_utf8_lossy(id))? else {
+                let Some((record, bytes)) = self.load_key(id)? else {
                     continue;
                 };
                 if record.expires_unix.and_then(|t| u64::try_from(t).ok()) != Some(at) {

@@ -124,7 +124,20 @@ impl StoredRecord {
     }
 }
 
-/// `tenant \0 token`: tenants cannot contain NUL (config validation).
+/// Where a record is stored. Opaque tokens are unique everywhere and are their own
+/// key; numeric tokens are unique within their tenant (`#tenant \0 token`), so one
+/// tenant's numeric tokens neither collide with nor reveal another tenant's.
+pub fn storage_key(tenant: &str, token: &str) -> Vec<u8> {
+    if token.starts_with("tok_") {
+        return token.as_bytes().to_vec();
+    }
+    let mut key = Vec::with_capacity(tenant.len() + token.len() + 2);
+    key.push(b'#');
+    key.extend_from_slice(&record_key(tenant, token));
+    key
+}
+
+/// `tenant \0 id`: tenants cannot contain NUL (config validation).
 pub fn record_key(tenant: &str, token: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(tenant.len() + 1 + token.len());
     key.extend_from_slice(tenant.as_bytes());
@@ -179,9 +192,13 @@ impl StoredRecord {
             ));
         }
         if let Some(at) = self.expires_unix {
-            keys.push((Table::Expiries, expiry_key(EXPIRY_TOKEN, at, meta.token.as_bytes())));
+            keys.push((Table::Expiries, expiry_key(EXPIRY_TOKEN, at, &self.storage_key())));
         }
         keys
+    }
+
+    pub fn storage_key(&self) -> Vec<u8> {
+        storage_key(&self.meta.tenant, &self.meta.token)
     }
 
     /// A counter change for the key version that wraps this record's data key.

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use super::credential::{validate_request, Credential};
 use super::idempotency::IdempotencyKey;
 use super::input::{TokenFormat, TokenizeRequest};
-use super::record::{customer_key, encode_payload, expiry_key, fingerprint_key, Metadata, StoredRecord, EXPIRY_TOKEN};
+use super::record::{
+    customer_key, encode_payload, expiry_key, fingerprint_key, storage_key, Metadata, StoredRecord, EXPIRY_TOKEN,
+};
 use super::{Vault, VaultError};
 use crate::audit::AuditEvent;
 use crate::auth::{AuthError, Authorized, Tokenize};
@@ -70,8 +72,17 @@ impl Vault {
         };
         let mut prepared = Prepared::default();
 
+        let fp_key = fingerprint_key(tenant, &fingerprint);
         if request.reuse_existing {
-            if let Some(meta) = self.existing(tenant, &fingerprint)? {
+            let (existing, observed) = self.existing(tenant, &fingerprint, request.format)?;
+            // Whoever first tokenizes this credential wins; a concurrent request
+            // that saw the same index entry conflicts, retries and reuses.
+            prepared.change.expect.push(Expect {
+                table: Table::Fingerprints,
+                key: fp_key.clone(),
+                value: observed,
+            });
+            if let Some(meta) = existing {
                 prepared.change.events.push(event("reused", &meta.token));
                 if let Some(cvc) = cvc {
                     prepared.cvcs.push((meta.token.clone().into_bytes(), cvc));
@@ -128,15 +139,15 @@ impl Vault {
             envelope: seal(&ring, aad, &payload)?,
             meta,
         };
-        let token_key = token.as_str().as_bytes().to_vec();
+        let token_key = storage_key(tenant, token.as_str());
         let change = &mut prepared.change;
         change
             .ops
             .push(WriteOp::put(Table::Records, token_key.clone(), record.encode()));
         change.ops.push(WriteOp::put(
             Table::Fingerprints,
-            fingerprint_key(tenant, &fingerprint),
-            token_key.clone(),
+            fp_key,
+            token.as_str().as_bytes().to_vec(),
         ));
         if let Some(customer) = &request.customer {
             let key = customer_key(tenant, customer, record.created_nanos, token.as_str());
@@ -214,18 +225,29 @@ impl Vault {
         Ok(prepared.outcomes)
     }
 
-    /// The live record of the tenant's credential with this fingerprint, if any.
-    fn existing(&self, tenant: &str, fingerprint: &str) -> Result<Option<Metadata>, VaultError> {
+    /// The live record of the tenant's credential with this fingerprint and token
+    /// format, if any, and the index entry as read (for the precondition).
+    fn existing(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        format: TokenFormat,
+    ) -> Result<(Option<Metadata>, Option<Vec<u8>>), VaultError> {
         let Some(token) = self
             .store
             .get(Table::Fingerprints, &fingerprint_key(tenant, fingerprint))?
         else {
-            return Ok(None);
+            return Ok((None, None));
         };
-        let Some((record, _)) = self.load(&String::from_utf8_lossy(&token))? else {
-            return Ok(None);
+        let numeric = !token.starts_with(b"tok_");
+        if numeric != (format == TokenFormat::Numeric) {
+            return Ok((None, Some(token)));
+        }
+        let tenants = [tenant.to_owned()];
+        let Some((record, _)) = self.load(&tenants, &String::from_utf8_lossy(&token))? else {
+            return Ok((None, Some(token)));
         };
-        let live = record.meta.tenant == tenant && !record.is_expired(self.now_unix());
-        Ok(live.then_some(record.meta))
+        let live = !record.is_expired(self.now_unix());
+        Ok((live.then_some(record.meta), Some(token)))
     }
 }

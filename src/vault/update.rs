@@ -15,7 +15,7 @@ use crate::crypto::{seal, RecordAad};
 use crate::secret::SecretInput;
 use crate::store::{StoreError, Table, WriteOp};
 use crate::validate::expiry_input::RawIntInput;
-use crate::validate::{validate_expiry, validate_text, Code, RawInt, ValidationError};
+use crate::validate::{validate_expiry, validate_reference, validate_text, Code, RawInt, ValidationError};
 
 /// The card fields a PATCH may change.
 #[derive(Debug, Default, Deserialize)]
@@ -109,7 +109,7 @@ impl Vault {
             return Err(immutable("billing_address"));
         }
         if let Some(customer) = &patch.customer {
-            validate_text("customer", customer, 128)?;
+            validate_reference("customer", customer)?;
             meta.customer = Some(customer.clone());
         }
 
@@ -150,7 +150,7 @@ impl Vault {
         updated.envelope = seal(&ring, aad, &payload)?;
         updated.meta = meta;
 
-        let token_key = updated.meta.token.as_bytes().to_vec();
+        let token_key = updated.storage_key();
         let mut ops = vec![WriteOp::put(Table::Records, token_key.clone(), updated.encode())];
         if record.meta.customer != updated.meta.customer {
             let tenant = &record.meta.tenant;

@@ -9,7 +9,7 @@ use super::record::{customer_prefix, Metadata};
 use super::{Vault, VaultError};
 use crate::auth::{Authorized, ReadWallet};
 use crate::store::Table;
-use crate::validate::{validate_text, Code, ValidationError};
+use crate::validate::{validate_reference, Code, ValidationError};
 
 pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 100;
@@ -38,7 +38,7 @@ impl Vault {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<WalletPage, VaultError> {
-        validate_text("customer", customer, 128)?;
+        validate_reference("customer", customer)?;
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(
@@ -72,7 +72,7 @@ impl Vault {
                     break 'pages;
                 }
                 let token = String::from_utf8_lossy(suffix.get(8..).unwrap_or_default()).into_owned();
-                if let Some((record, _)) = self.load(&token)? {
+                if let Some((record, _)) = self.load(auth.tenants(), &token)? {
                     if record.meta.tenant == tenant && !record.is_expired(now) {
                         tokens.push(record.meta);
                     }

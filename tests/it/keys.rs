@@ -16,7 +16,9 @@ fn batch_body(n: usize, offset: usize) -> String {
     let items: Vec<String> = (0..n)
         .map(|i| {
             let body = format!("4{:014}", offset + i);
-            let check = (0..10).find(|d| tokenvault::validate::luhn_valid(format!("{body}{d}").as_bytes())).unwrap();
+            let check = (0..10)
+                .find(|d| tokenvault::validate::luhn_valid(format!("{body}{d}").as_bytes()))
+                .unwrap();
             format!(r#"{{"card":{{"number":"{body}{check}","exp_month":12,"exp_year":2031}}}}"#)
         })
         .collect();
@@ -31,7 +33,12 @@ async fn tokenize_many(client: &mut Client, n: usize, offset: usize) -> Vec<Stri
         let reply = post(client, "/v1/tokens/batch", &batch_body(chunk, offset + done)).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         for r in reply.json()["results"].as_array().unwrap() {
-            tokens.push(r["token"].as_str().unwrap_or_else(|| panic!("item failed: {r}")).to_owned());
+            tokens.push(
+                r["token"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("item failed: {r}"))
+                    .to_owned(),
+            );
         }
         done += chunk;
     }
@@ -71,7 +78,10 @@ async fn wait_rewrap(client: &mut Client) -> serde_json::Value {
         if s["rewrap"]["running"] == false {
             return s;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "rewrap did not finish: {s}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "rewrap did not finish: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -96,7 +106,10 @@ async fn rotate_rewrap_under_load_then_retire() {
     assert_eq!(rotated.json()["active_version"], 2);
     assert_eq!(rotated.json()["rewrap"]["running"], true);
     let early = call(&mut security, Method::POST, "/v1/keys/1/retire").await;
-    assert_eq!((early.status, early.json()["type"].as_str()), (409, Some("key_version_in_use")));
+    assert_eq!(
+        (early.status, early.json()["type"].as_str()),
+        (409, Some("key_version_in_use"))
+    );
     let active = call(&mut security, Method::POST, "/v1/keys/2/retire").await;
     assert_eq!(active.status, 409);
 
@@ -110,7 +123,12 @@ async fn rotate_rewrap_under_load_then_retire() {
     assert!(done["rewrap"]["done"].as_u64().unwrap() >= 3000 - 500);
     let retired = call(&mut security, Method::POST, "/v1/keys/1/retire").await;
     assert_eq!(retired.status, 200, "{}", retired.text());
-    let states: Vec<_> = retired.json()["versions"].as_array().unwrap().iter().map(|v| v["state"].as_str().unwrap().to_owned()).collect();
+    let states: Vec<_> = retired.json()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(states, ["retired", "active"]);
     detokenize_all(&mut gateway, &tokens).await;
 
@@ -159,17 +177,30 @@ async fn version_in_use_names_how_many_records_need_it() {
     tokio::time::sleep(Duration::from_millis(300)).await; // the first batch of one record
     let refused = call(&mut security, Method::POST, "/v1/keys/1/retire").await;
     assert_eq!(refused.status, 409);
-    assert!(refused.json()["detail"].as_str().unwrap().starts_with("2 records"), "{}", refused.text());
+    assert!(
+        refused.json()["detail"].as_str().unwrap().starts_with("2 records"),
+        "{}",
+        refused.text()
+    );
     let keyring = vault.root.path().join("keyring.sealed");
-    let ring = SealedKeyring::read(&keyring).unwrap().unseal(&Passphrase::copy_from(PASSPHRASE)).unwrap();
-    assert!(ring.kek(1).is_some_and(|k| k.cipher().is_some()), "no key material removed");
+    let ring = SealedKeyring::read(&keyring)
+        .unwrap()
+        .unseal(&Passphrase::copy_from(PASSPHRASE))
+        .unwrap();
+    assert!(
+        ring.kek(1).is_some_and(|k| k.cipher().is_some()),
+        "no key material removed"
+    );
 
     wait_rewrap(&mut security).await;
     assert_eq!(call(&mut security, Method::POST, "/v1/keys/1/retire").await.status, 200);
     vault.restart_after_kill();
     let mut gateway = vault.client("gateway").await;
     detokenize_all(&mut gateway, &tokens).await;
-    let ring = SealedKeyring::read(&keyring).unwrap().unseal(&Passphrase::copy_from(PASSPHRASE)).unwrap();
+    let ring = SealedKeyring::read(&keyring)
+        .unwrap()
+        .unseal(&Passphrase::copy_from(PASSPHRASE))
+        .unwrap();
     assert!(ring.kek(1).is_some_and(|k| k.cipher().is_none()));
 }
 
@@ -191,7 +222,10 @@ async fn key_and_audit_endpoints_need_their_roles() {
     }
     let mut security = vault.client("security").await;
     assert_eq!(call(&mut security, Method::GET, "/v1/keys").await.status, 200);
-    assert_eq!(call(&mut security, Method::GET, "/v1/audit/verify").await.json()["ok"], true);
+    assert_eq!(
+        call(&mut security, Method::GET, "/v1/audit/verify").await.json()["ok"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -212,7 +246,9 @@ async fn audit_trail_lists_verifies_and_detects_tampering_offline() {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let page = get(&mut security, &format!("/v1/audit?after={after}&limit=4")).await.json();
+        let page = get(&mut security, &format!("/v1/audit?after={after}&limit=4"))
+            .await
+            .json();
         all.extend(page["entries"].as_array().unwrap().clone());
         match page["next"].as_u64() {
             Some(n) => after = n,
@@ -222,11 +258,17 @@ async fn audit_trail_lists_verifies_and_detects_tampering_offline() {
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    let ok = |action: &str| all.iter().filter(|e| e["action"] == action && e["outcome"] == "ok").count();
+    let ok = |action: &str| {
+        all.iter()
+            .filter(|e| e["action"] == action && e["outcome"] == "ok")
+            .count()
+    };
     assert_eq!(ok("tokenize"), 5);
     assert_eq!(ok("detokenize"), 5);
     assert!(actions.contains(&"start"));
-    assert!(all.iter().any(|e| e["outcome"] == "denied" && e["identity"] == "spiffe://test/gateway"));
+    assert!(all
+        .iter()
+        .any(|e| e["outcome"] == "denied" && e["identity"] == "spiffe://test/gateway"));
     for e in &all {
         let text = e.to_string();
         assert!(!text.contains("4000000000000"), "raw data in the audit trail");
@@ -275,17 +317,29 @@ async fn audit_trail_lists_verifies_and_detects_tampering_offline() {
             Box::new(move |s: &RocksStore| {
                 let v = s.get(Table::Audit, &key(3)).unwrap().unwrap();
                 let edited = String::from_utf8(v).unwrap().replacen("\"ok\"", "\"no\"", 1);
-                s.write(&[WriteOp::put(Table::Audit, key(3), edited.into_bytes())], true).unwrap();
+                s.write(&[WriteOp::put(Table::Audit, key(3), edited.into_bytes())], true)
+                    .unwrap();
             }),
         ),
-        ("delete", 4, Box::new(move |s: &RocksStore| s.write(&[WriteOp::delete(Table::Audit, key(4))], true).unwrap())),
+        (
+            "delete",
+            4,
+            Box::new(move |s: &RocksStore| s.write(&[WriteOp::delete(Table::Audit, key(4))], true).unwrap()),
+        ),
         (
             "swap",
             5,
             Box::new(move |s: &RocksStore| {
                 let a = s.get(Table::Audit, &key(5)).unwrap().unwrap();
                 let b = s.get(Table::Audit, &key(6)).unwrap().unwrap();
-                s.write(&[WriteOp::put(Table::Audit, key(5), b), WriteOp::put(Table::Audit, key(6), a)], true).unwrap();
+                s.write(
+                    &[
+                        WriteOp::put(Table::Audit, key(5), b),
+                        WriteOp::put(Table::Audit, key(6), a),
+                    ],
+                    true,
+                )
+                .unwrap();
             }),
         ),
         (
@@ -295,7 +349,11 @@ async fn audit_trail_lists_verifies_and_detects_tampering_offline() {
                 let forged = serde_json::json!({"seq": n + 1, "time": "2026-01-01T00:00:00Z", "identity": "x",
                     "action": "detokenize", "tenant": "shop", "token": null, "outcome": "ok", "request_id": null,
                     "key_version": null, "mac": "00".repeat(32)});
-                s.write(&[WriteOp::put(Table::Audit, key(n + 1), forged.to_string().into_bytes())], true).unwrap();
+                s.write(
+                    &[WriteOp::put(Table::Audit, key(n + 1), forged.to_string().into_bytes())],
+                    true,
+                )
+                .unwrap();
             }),
         ),
     ];

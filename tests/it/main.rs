@@ -9,4 +9,5 @@ mod harness;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod regressions;
 mod tenants;

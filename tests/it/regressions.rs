@@ -1,0 +1,168 @@
+//! Regression tests for what an adversarial review found, named after the fault.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use tokenvault::client::Client;
+
+use crate::harness::{card_body, contains, get, post, read_tree, TestVault, IDENTITIES};
+
+#[tokio::test]
+async fn stalled_request_body_is_cut_off_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vault = TestVault::start_with(IDENTITIES, "body_timeout_ms = 500\nmax_connections = 2");
+    let mut tls = vault.pki.tls("checkout");
+    tls.alpn = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(tls.config().unwrap());
+    let tcp = tokio::net::TcpStream::connect(vault.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let head = "POST /v1/tokens HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"card\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stalled body held the connection"
+    );
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The slot is free again: two more clients are served.
+    for _ in 0..2 {
+        let mut c = vault.client("checkout").await;
+        assert_eq!(get(&mut c, "/healthz").await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn caller_text_in_tenant_or_customer_never_reaches_the_audit_trail_or_disk() {
+    let mut vault = TestVault::start();
+    let mut checkout = vault.client("checkout").await;
+    let body = r#"{"tenant":"4111111111111111","card":{"number":"4242424242424242","exp_month":12,"exp_year":2031}}"#;
+    assert_eq!(post(&mut checkout, "/v1/tokens", body).await.status, 403);
+    let body =
+        r#"{"customer":"cus-4111111111111111","card":{"number":"4242424242424242","exp_month":12,"exp_year":2031}}"#;
+    let reply = post(&mut checkout, "/v1/tokens", body).await;
+    assert_eq!((reply.status, reply.json()["reason"].as_str()), (422, Some("pan_like")));
+    let reply = get(&mut checkout, "/v1/customers/4111111111111111/tokens").await;
+    assert_eq!(reply.status, 422);
+    let mut security = vault.client("security").await;
+    let audit = get(&mut security, "/v1/audit?limit=1000").await;
+    assert!(!audit.text().contains("4111111111111111"));
+    assert!(audit.text().contains("denied"));
+    vault.kill9();
+    for (path, bytes) in read_tree(&vault.data_dir()) {
+        assert!(
+            !contains(&bytes, b"4111111111111111"),
+            "{} holds caller text",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_reuse_existing_requests_share_one_token() {
+    let vault = TestVault::start();
+    let body = r#"{"reuse_existing":true,"card":{"number":"6011981111111113","exp_month":12,"exp_year":2031}}"#;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let tls = vault.pki.tls("checkout");
+        let addr = vault.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, tls.config().unwrap()).await.unwrap();
+            post(&mut c, "/v1/tokens", body).await
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert!(reply.status == 200 || reply.status == 201, "{}", reply.text());
+        created += usize::from(reply.status == 201);
+        tokens.insert(reply.json()["token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!((tokens.len(), created), (1, 1));
+}
+
+#[tokio::test]
+async fn numeric_tokens_are_unique_per_tenant_and_exhaustion_is_a_clean_422() {
+    const TWO: &[(&str, &str, &str, &str)] = &[
+        ("t1", "spiffe://test/t1", r#"["tokenize"]"#, r#"["t1"]"#),
+        ("t2", "spiffe://test/t2", r#"["tokenize"]"#, r#"["t2"]"#),
+    ];
+    let vault = TestVault::start_with(TWO, "");
+    let mut t1 = vault.client("t1").await;
+    let numeric =
+        |pan: &str| format!(r#"{{"format":"numeric","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#);
+    // A 12-digit PAN leaves two free digits: at most 90 numeric tokens.
+    let mut last = None;
+    for _ in 0..100 {
+        let reply = post(&mut t1, "/v1/tokens", &numeric("501800000009")).await;
+        if reply.status != 201 {
+            last = Some(reply);
+            break;
+        }
+    }
+    let exhausted = last.expect("the numeric space of a 12-digit PAN ran out");
+    assert_eq!(exhausted.status, 422);
+    assert_eq!(exhausted.json()["type"], "invalid_request");
+    assert_eq!(exhausted.json()["field"], "format");
+    // Another tenant is not affected, for that card or another.
+    let mut t2 = vault.client("t2").await;
+    assert_eq!(post(&mut t2, "/v1/tokens", &numeric("501800000009")).await.status, 201);
+    assert_eq!(post(&mut t2, "/v1/tokens", &numeric("501800180009")).await.status, 201);
+}
+
+#[tokio::test]
+async fn head_requests_get_headers_only_over_http2() {
+    let vault = TestVault::start();
+    let mut c = vault.client("checkout").await;
+    assert_eq!(c.alpn(), Some(&b"h2"[..]));
+    let reply = c.request(Method::HEAD, "/healthz", None).await.unwrap();
+    assert_eq!(reply.status, 405);
+    assert!(reply.body.is_empty());
+    // The connection is still usable.
+    assert_eq!(get(&mut c, "/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn json_shapes_that_serde_would_accept_by_position_are_refused() {
+    let vault = TestVault::start();
+    let mut c = vault.client("checkout").await;
+    let array = r#"["dev",null,{"number":"4111111111111111","exp_month":1,"exp_year":2030},null,"numeric",60,false]"#;
+    assert_eq!(post(&mut c, "/v1/tokens", array).await.status, 400);
+    let nested = r#"{"card":["4111111111111111",1,2030]}"#;
+    assert_eq!(post(&mut c, "/v1/tokens", nested).await.status, 400);
+    for body in ["null", "123", "\"x\""] {
+        let reply = post(&mut c, "/v1/tokens", body).await;
+        assert_eq!(reply.status, 400, "{body}");
+    }
+    let deep = format!("{}{}", "{\"a\":".repeat(40), "1".to_owned() + &"}".repeat(40));
+    assert_eq!(post(&mut c, "/v1/tokens", &deep).await.status, 400);
+    let duplicate =
+        r#"{"card":{"number":"4111111111111111","number":"4242424242424242","exp_month":1,"exp_year":2030}}"#;
+    let reply = post(&mut c, "/v1/tokens", duplicate).await;
+    assert_eq!(
+        (reply.status, reply.json()["field"].as_str()),
+        (400, Some("card.number"))
+    );
+    assert!(!reply.text().contains("4242"));
+    // A string that merely contains brackets is fine.
+    let ok = r#"{"card":{"number":"4111111111111111","exp_month":1,"exp_year":2030,"holder_name":"A [B] {C}"}}"#;
+    assert_eq!(post(&mut c, "/v1/tokens", ok).await.status, 201);
+    let _ = card_body;
+}
+
+#[tokio::test]
+async fn short_ach_account_numbers_show_two_digits() {
+    let vault = TestVault::start();
+    let mut c = vault.client("checkout").await;
+    let body = r#"{"bank_account":{"routing_number":"021000021","account_number":"98761","account_type":"checking"}}"#;
+    let reply = post(&mut c, "/v1/tokens", body).await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.json()["bank_account"]["last4"], "61");
+}
