@@ -64,6 +64,8 @@ pub struct TestVault {
     pub addr: SocketAddr,
     child: Option<Child>,
     runs: usize,
+    /// The passphrase the next launch unseals with.
+    pub passphrase: String,
 }
 
 impl TestVault {
@@ -120,6 +122,7 @@ impl TestVault {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             runs: 0,
+            passphrase: PASSPHRASE.to_owned(),
         }
     }
 
@@ -135,7 +138,7 @@ impl TestVault {
             .args(["serve", "--config"])
             .arg(self.root.path().join("tokenvault.toml"))
             .current_dir(self.root.path())
-            .env("TV_TEST_PASSPHRASE", PASSPHRASE)
+            .env("TV_TEST_PASSPHRASE", &self.passphrase)
             .env("RUST_LOG", "trace")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("out"))
@@ -152,6 +155,10 @@ impl TestVault {
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
         }
+    }
+
+    pub fn relaunch(&mut self) {
+        self.launch();
     }
 
     pub fn restart_after_kill(&mut self) {

@@ -383,3 +383,56 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn command_line_rotate_status_retire_and_change_passphrase() {
+    let mut vault = TestVault::start();
+    let mut checkout = vault.client("checkout").await;
+    let tokens = tokenize_many(&mut checkout, 50, 0).await;
+    let pki = vault.pki.dir.clone();
+    let url = format!("https://127.0.0.1:{}", vault.addr.port());
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(args)
+            .args(["--url", &url, "--cert"])
+            .arg(pki.join("security.pem"))
+            .arg("--key")
+            .arg(pki.join("security.key"))
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .output()
+            .unwrap()
+    };
+    let rotated = cli(&["keys", "rotate", "--wait", "--json"]);
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(json["active_version"], 2);
+    assert_eq!(json["rewrap"]["running"], false);
+    let shown = cli(&["keys", "status"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("active version: 2") && text.contains("decrypt_only"), "{text}");
+    assert!(cli(&["keys", "retire", "1"]).status.success());
+    let again = cli(&["keys", "retire", "2"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+    let verify = cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+
+    vault.kill9();
+    let changed = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .args(["keys", "change-passphrase", "--keyring"])
+        .arg(vault.root.path().join("keyring.sealed"))
+        .env("TOKENVAULT_PASSPHRASE", PASSPHRASE)
+        .env("TOKENVAULT_NEW_PASSPHRASE", "a brand new passphrase")
+        .output()
+        .unwrap();
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    vault.passphrase = "a brand new passphrase".into();
+    vault.relaunch();
+    let mut gateway = vault.client("gateway").await;
+    detokenize_all(&mut gateway, &tokens).await;
+    let mut security = vault.client("security").await;
+    let s = status(&mut security).await;
+    assert_eq!(s["active_version"], 2);
+    assert_eq!(s["versions"][0]["state"], "retired");
+}
