@@ -25,8 +25,14 @@ fn pan(i: usize) -> String {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("TV_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let batch: usize = std::env::var("TV_REWRAP_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let n: usize = std::env::var("TV_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let batch: usize = std::env::var("TV_REWRAP_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path(), 1024).unwrap());
     let ring = Keyring::generate(0).unwrap();
@@ -58,12 +64,16 @@ async fn main() {
             .iter()
             .map(|r| BatchItem::Ready(authorize_single::<Tokenize>(&client, None).unwrap(), r))
             .collect();
-        let prepared = vault.prepare_batch(items, "bench");
+        let prepared = vault.prepare_batch("bench", items, "bench");
         vault.commit_prepared(prepared, None).await.unwrap();
         i += chunk;
     }
     let load = started.elapsed();
-    println!("loaded {n} records in {:.1} s ({:.0} records/s, synced batches of 1000)", load.as_secs_f64(), n as f64 / load.as_secs_f64());
+    println!(
+        "loaded {n} records in {:.1} s ({:.0} records/s, synced batches of 1000)",
+        load.as_secs_f64(),
+        n as f64 / load.as_secs_f64()
+    );
 
     let keys = authorize::<ManageKeys>(&client, None).unwrap();
     vault.rotate(&keys, "bench").await.unwrap();

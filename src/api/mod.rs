@@ -233,15 +233,26 @@ async fn dispatch(
     match route {
         Route::Tokens => tokens::tokenize(&ctx, request).await,
         Route::TokensBatch => tokens::tokenize_batch(&ctx, request).await,
-        Route::Token(token) if method == Method::PATCH => tokens::update(&ctx, token, request).await,
+        Route::Token(token) if method == Method::PATCH => {
+            let result = tokens::update(&ctx, token, request).await;
+            ctx.audit_unknown_token(&result, "update", token).await;
+            result
+        }
         Route::Token(token) if method == Method::GET => {
             let auth = ctx.permit::<ReadMetadata>(None).await?;
-            let meta = state.vault.metadata(&auth, token)?;
-            Ok(views::json(StatusCode::OK, &meta, request_id))
+            let result = state.vault.metadata(&auth, token).map_err(ApiError::from);
+            ctx.audit_unknown_token(&result, "metadata", token).await;
+            Ok(views::json(StatusCode::OK, &result?, request_id))
         }
         Route::Token(token) => {
             let auth = ctx.permit::<Delete>(None).await?;
-            state.vault.delete(&auth, token, request_id).await?;
+            let result = state
+                .vault
+                .delete(&auth, token, request_id)
+                .await
+                .map_err(ApiError::from);
+            ctx.audit_unknown_token(&result, "delete", token).await;
+            result?;
             Ok(views::empty(StatusCode::NO_CONTENT, request_id))
         }
         Route::Detokenize(token) => {
@@ -365,6 +376,23 @@ impl Ctx<'_> {
                 self.audit_denied(tenant).await;
                 Err(ApiError::from(e))
             }
+        }
+    }
+
+    /// An unknown token (or another tenant's: the two are one case) is audited, so
+    /// that probing for tokens leaves a trace. A malformed token is not written.
+    async fn audit_unknown_token<T>(&self, result: &Result<T, ApiError>, action: &'static str, token: &str) {
+        if !matches!(result, Err(ApiError::NotFound)) {
+            return;
+        }
+        let mut event = AuditEvent::new(&self.client.identity, action, "not_found").request_id(self.request_id);
+        // Only opaque tokens are named: a digits-only "token" that matches nothing
+        // may be a mistyped card number.
+        if let Some(t) = crate::token::Token::parse(token).filter(|t| t.as_str().starts_with("tok_")) {
+            event = event.token(t.as_str());
+        }
+        if let Err(e) = self.state.vault.audit(event).await {
+            tracing::error!(error = %e, "could not write an audit entry");
         }
     }
 

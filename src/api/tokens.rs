@@ -152,7 +152,7 @@ pub(super) async fn tokenize_batch(
                 },
             )
             .collect();
-        Ok(vault.prepare_batch(items, request_id))
+        Ok(vault.prepare_batch(&ctx.client.identity, items, request_id))
     };
     let render = |prepared: &Prepared| {
         let mut outcomes = prepared.outcomes.iter();

@@ -218,11 +218,17 @@ impl Vault {
             Err(_) => "error",
         };
         let mut event = AuditEvent::new(identity, "detokenize", outcome).request_id(request_id);
-        if let Some(t) = Token::parse(token) {
-            event = event.token(t.as_str());
-        }
-        if let Ok((d, version)) = result {
-            event = event.tenant(&d.meta.tenant).key_version(*version);
+        match result {
+            Ok((d, version)) => {
+                event = event.token(&d.meta.token).tenant(&d.meta.tenant).key_version(*version);
+            }
+            // Only opaque tokens are named: a digits-only "token" that matches
+            // nothing may be a mistyped card number.
+            Err(_) => {
+                if let Some(t) = Token::parse(token).filter(|t| t.as_str().starts_with("tok_")) {
+                    event = event.token(t.as_str());
+                }
+            }
         }
         event
     }

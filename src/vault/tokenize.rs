@@ -172,10 +172,12 @@ impl Vault {
 
     /// Prepares every item of a batch; an item that fails (refused, invalid) keeps
     /// its error in place and does not stop the others.
-    pub fn prepare_batch(&self, items: Vec<BatchItem<'_>>, request_id: &str) -> Prepared {
+    pub fn prepare_batch(&self, identity: &str, items: Vec<BatchItem<'_>>, request_id: &str) -> Prepared {
         let mut all = Prepared::default();
         let mut tokens = HashSet::new();
         for item in items {
+            // Items that fail are audited too: every item of a batch leaves a trace.
+            let refused = |outcome| AuditEvent::new(identity, "tokenize", outcome).request_id(request_id);
             let prepared = match item {
                 BatchItem::Refused(e) => Err(VaultError::Forbidden(e)),
                 BatchItem::Ready(auth, request) => self.prepare_tokenize(&auth, request, request_id),
@@ -195,7 +197,15 @@ impl Vault {
                     all.cvcs.append(&mut p.cvcs);
                     all.outcomes.append(&mut p.outcomes);
                 }
-                Err(e) => all.outcomes.push(Err(e)),
+                Err(e) => {
+                    let outcome = if matches!(e, VaultError::Forbidden(_)) {
+                        "denied"
+                    } else {
+                        "invalid"
+                    };
+                    all.change.events.push(refused(outcome));
+                    all.outcomes.push(Err(e));
+                }
             }
         }
         all

@@ -410,7 +410,10 @@ async fn command_line_rotate_status_retire_and_change_passphrase() {
     assert_eq!(json["rewrap"]["running"], false);
     let shown = cli(&["keys", "status"]);
     let text = String::from_utf8_lossy(&shown.stdout);
-    assert!(text.contains("active version: 2") && text.contains("decrypt_only"), "{text}");
+    assert!(
+        text.contains("active version: 2") && text.contains("decrypt_only"),
+        "{text}"
+    );
     assert!(cli(&["keys", "retire", "1"]).status.success());
     let again = cli(&["keys", "retire", "2"]);
     assert!(!again.status.success());
