@@ -107,10 +107,10 @@ fn print_status(status: &serde_json::Value) {
     for v in at(status, "/versions").as_array().into_iter().flatten() {
         println!(
             "{:>8}  {:<13}  {:<25}  {:>10}",
-            at(v, "/version"),
+            at(v, "/version").to_string(),
             at(v, "/state").as_str().unwrap_or("?"),
             at(v, "/created_at").as_str().unwrap_or("?"),
-            at(v, "/records")
+            at(v, "/records").to_string()
         );
     }
     let r = &at(status, "/rewrap");

@@ -138,6 +138,19 @@ impl Client {
         })
     }
 
+    /// Another handle on the same HTTP/2 connection (streams are multiplexed);
+    /// `None` for HTTP/1.1, which serves one request at a time.
+    pub fn share(&self) -> Option<Client> {
+        match &self.sender {
+            Sender::H2(s) => Some(Client {
+                sender: Sender::H2(s.clone()),
+                authority: self.authority.clone(),
+                alpn: self.alpn.clone(),
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// The protocol ALPN chose.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.alpn.as_deref()
