@@ -136,8 +136,8 @@ pub async fn run_with(
         tracing::error!(error = %e, "the stop could not be audited");
     }
     drop(vault);
-    // The writer exits when the last handle to the vault is gone; connections that
-    // outlived the grace period may still hold one, so do not wait for it forever.
+    // The writer exits when the last handle to the vault is gone (connections were
+    // closed above; the background tasks stop on the same signal).
     let _ = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while !writer.is_finished() && std::time::Instant::now() < deadline {

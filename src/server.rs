@@ -28,7 +28,10 @@ pub async fn run(
     let acceptor = TlsAcceptor::from(tls);
     let max = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit,
             _ = shutdown.changed() => break,
@@ -51,7 +54,7 @@ pub async fn run(
         let state = state.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             serve_connection(tcp, acceptor, state, shutdown, &limits).await;
             drop(permit);
         });
@@ -60,8 +63,12 @@ pub async fn run(
     let grace = Limits::ms(limits.shutdown_grace_ms);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
-        tracing::warn!("grace period over with connections still open");
+        tracing::warn!("grace period over with connections still open; closing them");
     }
+    // Whatever is left (idle clients that ignore GOAWAY) is cut, so that every
+    // handle on the vault is released and the store closes cleanly.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 async fn serve_connection(

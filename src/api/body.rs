@@ -12,14 +12,58 @@ use zeroize::Zeroizing;
 use super::problem::ApiError;
 use crate::validate::{Code, ValidationError};
 
+/// A request body that a handler may take, or leave for `handle` to drain: an
+/// error sent before the body is read would otherwise reset an HTTP/2 stream that
+/// the client is still sending on, and some clients then lose the answer.
+#[derive(Clone)]
+pub struct BodySlot(std::sync::Arc<std::sync::Mutex<Option<Incoming>>>);
+
+impl BodySlot {
+    pub fn new(body: Incoming) -> Self {
+        BodySlot(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    pub fn take(&self) -> Option<Incoming> {
+        self.0
+            .lock()
+            .map(|mut b| b.take())
+            .unwrap_or_else(|mut p| p.get_mut().take())
+    }
+}
+
+/// Reads and discards at most `max` bytes of an unread body, for at most `timeout`.
+pub async fn drain(mut body: Incoming, max: usize, timeout: std::time::Duration) {
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.remaining();
+                if seen > max {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read).await;
+}
+
 /// Reads the whole body, refusing more than `limit` bytes (first by
 /// `Content-Length`, then while reading a body without one).
 pub async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    slot: BodySlot,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        // Left in the slot: `handle` drains a moderately sized body after answering.
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let body = slot.take().ok_or(ApiError::Internal)?;
     // A client that stops sending mid-body must not hold a connection slot.
     tokio::time::timeout(timeout, read_body_inner(headers, body, limit))
         .await

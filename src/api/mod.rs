@@ -154,6 +154,9 @@ pub async fn handle(
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let slot = body::BodySlot::new(body);
+    let request = Request::from_parts(parts, slot.clone());
     let started = Instant::now();
     let request_id = state.request_ids.next();
     let path = request.uri().path().to_owned();
@@ -163,6 +166,11 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => error.into_response(&request_id),
     };
+    if response.status().as_u16() >= 400 {
+        if let Some(unread) = slot.take() {
+            body::drain(unread, DRAIN_LIMIT, std::time::Duration::from_secs(2)).await;
+        }
+    }
     if head {
         // A response to HEAD has headers only (HTTP/2 treats a body as a protocol error).
         *response.body_mut() = Full::new(Bytes::new());
@@ -178,11 +186,14 @@ pub async fn handle(
     Ok(response)
 }
 
+/// How much of an unread body is drained after an early error response.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
 async fn dispatch(
     state: &AppState,
     peer: &Peer,
     route: Route<'_>,
-    request: Request<Incoming>,
+    request: Request<body::BodySlot>,
     request_id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let method = request.method().clone();

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -76,7 +75,10 @@ async fn with_idempotency(
     Err(VaultError::TokenSpaceExhausted.into())
 }
 
-pub(super) async fn tokenize(ctx: &Ctx<'_>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+pub(super) async fn tokenize(
+    ctx: &Ctx<'_>,
+    request: Request<super::body::BodySlot>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     // The role is checked before the body (which holds card data) is read.
     ctx.permit::<Tokenize>(None).await?;
     let (parts, body) = request.into_parts();
@@ -112,7 +114,7 @@ pub(super) async fn tokenize(ctx: &Ctx<'_>, request: Request<Incoming>) -> Resul
 
 pub(super) async fn tokenize_batch(
     ctx: &Ctx<'_>,
-    request: Request<Incoming>,
+    request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let proof = ctx.permit::<Tokenize>(None).await?;
     let (parts, body) = request.into_parts();
@@ -174,7 +176,7 @@ pub(super) async fn tokenize_batch(
 
 pub(super) async fn detokenize_batch(
     ctx: &Ctx<'_>,
-    request: Request<Incoming>,
+    request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let auth = ctx.permit::<Detokenize>(None).await?;
     let (parts, body) = request.into_parts();
@@ -201,7 +203,7 @@ pub(super) async fn detokenize_batch(
 pub(super) async fn update(
     ctx: &Ctx<'_>,
     token: &str,
-    request: Request<Incoming>,
+    request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let auth = ctx.permit::<Update>(None).await?;
     let (parts, body) = request.into_parts();

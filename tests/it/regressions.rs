@@ -166,3 +166,46 @@ async fn short_ach_account_numbers_show_two_digits() {
     assert_eq!(reply.status, 201);
     assert_eq!(reply.json()["bank_account"]["last4"], "61");
 }
+
+#[tokio::test]
+async fn early_errors_reach_http2_clients_that_are_still_sending() {
+    let vault = TestVault::start();
+    let mut c = vault.client("checkout").await;
+    assert_eq!(c.alpn(), Some(&b"h2"[..]));
+    let big = vec![b'x'; 100 * 1024];
+    for _ in 0..5 {
+        let reply = c
+            .request_with(
+                Method::POST,
+                "/v1/tokens",
+                Some(&big),
+                &[("content-type", "text/plain")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 415);
+        let reply = c.request(Method::POST, "/v1/tokens", Some(&big)).await.unwrap();
+        assert_eq!(reply.status, 413);
+        assert_eq!(reply.json()["type"], "payload_too_large");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_with_an_idle_http2_client_exits_cleanly_within_the_grace_period() {
+    let mut vault = TestVault::start_with(IDENTITIES, "shutdown_grace_ms = 500");
+    let mut idle = vault.client("checkout").await;
+    assert_eq!(get(&mut idle, "/healthz").await.status, 200);
+    let started = Instant::now();
+    let status = vault
+        .terminate(Duration::from_secs(8))
+        .expect("the daemon did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    let output = String::from_utf8_lossy(&vault.output()).into_owned();
+    assert!(!output.contains("pthread"), "unclean exit: {output}");
+    assert!(output.contains("stopping"));
+}
