@@ -135,6 +135,22 @@ fn output(json: &serde_json::Value, as_json: bool) {
     }
 }
 
+pub async fn backup(conn: &Connection, as_json: bool) -> Result<(), AdminError> {
+    let mut client = conn.open().await?;
+    let info = call(&mut client, Method::POST, "/v1/backups").await?;
+    if as_json {
+        println!("{info}");
+    } else {
+        println!(
+            "backup {} written to {} ({} records); back up the keyring separately",
+            at(&info, "/name").as_str().unwrap_or("?"),
+            at(&info, "/path").as_str().unwrap_or("?"),
+            at(&info, "/records")
+        );
+    }
+    Ok(())
+}
+
 pub async fn keys_status(conn: &Connection, as_json: bool) -> Result<(), AdminError> {
     let mut client = conn.open().await?;
     output(&call(&mut client, Method::GET, "/v1/keys").await?, as_json);

@@ -31,6 +31,11 @@ struct RawConfig {
     passphrase_file: Option<PathBuf>,
     passphrase_env: Option<String>,
     backup_dir: Option<PathBuf>,
+    /// Optional plain-HTTP listener for `GET /metrics`, loopback addresses only.
+    metrics_listen: Option<String>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    log_format: LogFormat,
     tls: RawTls,
     #[serde(default)]
     clients: Vec<RawClient>,
@@ -83,6 +88,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_h2_streams: u32,
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still
+    /// served, so that load balancers stop sending before connections close.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for Limits {
@@ -102,6 +110,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_h2_streams: 128,
             shutdown_grace_ms: 10_000,
+            drain_delay_ms: 0,
         }
     }
 }
@@ -118,6 +127,14 @@ impl Limits {
     pub fn ms(value: u64) -> Duration {
         Duration::from_millis(value)
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the keyring passphrase comes from.
@@ -138,6 +155,8 @@ pub struct Config {
     pub keyring: PathBuf,
     pub passphrase: PassphraseSource,
     pub backup_dir: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
     pub tls: TlsFiles,
     pub clients: ClientTable,
     pub limits: Limits,
@@ -187,6 +206,20 @@ impl Config {
             (None, Some(env)) => PassphraseSource::Env(env),
             (None, None) => PassphraseSource::Default,
         };
+        let metrics_listen = match raw.metrics_listen {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid(format!("metrics_listen: '{text}' is not an address:port")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Invalid(
+                        "metrics_listen must be a loopback address: it has no TLS".into(),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let mut seen = BTreeSet::new();
         let mut clients = Vec::new();
         for c in raw.clients {
@@ -222,6 +255,8 @@ impl Config {
             keyring: raw.keyring,
             passphrase,
             backup_dir: raw.backup_dir,
+            metrics_listen,
+            log_format: raw.log_format,
             tls: TlsFiles {
                 cert: raw.tls.cert,
                 key: raw.tls.key,
@@ -255,6 +290,8 @@ impl Config {
             keyring: keys.join("keyring.sealed"),
             passphrase: PassphraseSource::Dev,
             backup_dir: Some(PathBuf::from("data/dev-backups")),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             tls: TlsFiles {
                 cert: keys.join("server.pem"),
                 key: keys.join("server.key"),
@@ -321,6 +358,20 @@ cvc_ttl_seconds = 60
         assert!(Config::parse(&GOOD.replace("shop-us", "shop us")).is_err());
         assert!(Config::parse(&GOOD.replace("[\"tokenize\"]", "[\"root\"]")).is_err());
         assert!(Config::parse(&GOOD.replace("127.0.0.1:9443", "nowhere")).is_err());
+    }
+
+    #[test]
+    fn metrics_listener_must_be_loopback() {
+        let ok = GOOD.replace("passphrase_env", "metrics_listen = \"127.0.0.1:9464\"\npassphrase_env");
+        assert!(Config::parse(&ok).is_ok_and(|c| c.metrics_listen.is_some()));
+        let open = GOOD.replace("passphrase_env", "metrics_listen = \"0.0.0.0:9464\"\npassphrase_env");
+        assert!(Config::parse(&open).is_err());
+    }
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let text = include_str!("../contrib/tokenvault.example.toml");
+        assert!(Config::parse(text).is_ok());
     }
 
     #[test]

@@ -103,11 +103,16 @@ pub async fn run_with(
         addr: config.listen,
         source,
     })?;
-    let state = Arc::new(AppState::new(
-        vault.clone(),
-        config.clients.clone(),
-        config.limits.clone(),
-    )?);
+    let mut state = AppState::new(vault.clone(), config.clients.clone(), config.limits.clone())?;
+    state.backup_dir = config.backup_dir.clone();
+    let state = Arc::new(state);
+    if let Some(addr) = config.metrics_listen {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind { addr, source })?;
+        tracing::info!(%addr, "plain metrics listener (loopback)");
+        tokio::spawn(serve_metrics(metrics, state.clone()));
+    }
     let stop_rx = match options.stop {
         Some(stop) => stop,
         None => {
@@ -155,6 +160,44 @@ async fn sweep_cvcs(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => { vault.sweep_cvcs(); }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// The optional plain-HTTP metrics listener: `GET /metrics` only, loopback only
+/// (the configuration refuses any other address).
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    use http_body_util::Full;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let (status, body) = if request.method() == http::Method::GET && request.uri().path() == "/metrics"
+                    {
+                        (http::StatusCode::OK, state.render_metrics())
+                    } else {
+                        (http::StatusCode::NOT_FOUND, String::new())
+                    };
+                    let mut response = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                    *response.status_mut() = status;
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(io, service)
+                .await;
+        });
     }
 }
 

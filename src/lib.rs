@@ -13,6 +13,8 @@ pub mod commit;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod metrics;
+pub mod ops;
 pub mod pki;
 pub mod secret;
 pub mod server;

@@ -62,6 +62,25 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Take a consistent online backup (POST /v1/backups, role keys).
+    Backup {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new data directory from a backup (offline; refuses a non-empty target).
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Validate a configuration and every file it names, without starting.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +159,16 @@ enum AuditCommand {
     },
 }
 
+fn init_tracing_json() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -153,7 +182,9 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_tracing();
+    }
     match cli.command {
         Command::Serve { config, dev, listen } => serve(config, dev, listen),
         Command::Init {
@@ -169,6 +200,35 @@ fn main() -> ExitCode {
         }
         Command::Keys { command } => keys(command),
         Command::Audit { command } => audit(command),
+        Command::Backup { conn, json } => match block_on(admin::backup(&conn, json)) {
+            Ok(inner) => report(inner),
+            Err(e) => report::<String>(Err(e)),
+        },
+        Command::Restore { from, to } => report(tokenvault::ops::restore(&from, &to).map(|records| {
+            println!(
+                "restored {} into {} ({records} records); start the daemon on it with the same keyring",
+                from.display(),
+                to.display()
+            )
+        })),
+        Command::CheckConfig { config } => {
+            let checks = tokenvault::ops::check_config(&config);
+            let mut ok = true;
+            for check in &checks {
+                match &check.result {
+                    Ok(what) => println!("ok    {:<14} {what}", check.item),
+                    Err(why) => {
+                        ok = false;
+                        println!("FAIL  {:<14} {why}", check.item);
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
     }
 }
 
@@ -281,6 +341,10 @@ fn serve(config_path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>) ->
     };
     if let Some(addr) = listen {
         config.listen = addr;
+    }
+    match config.log_format {
+        tokenvault::config::LogFormat::Json => init_tracing_json(),
+        tokenvault::config::LogFormat::Text => init_tracing(),
     }
     let passphrase = match read_passphrase(&config.passphrase) {
         Ok(p) => p,

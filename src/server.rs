@@ -29,17 +29,42 @@ pub async fn run(
     let max = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut connections = tokio::task::JoinSet::new();
+    // Connections stop on `stop`, which follows `shutdown` after the drain delay.
+    let (stop_tx, stop) = watch::channel(false);
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
+        let drain_over = async {
+            match draining {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit,
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed(), if draining.is_none() => {
+                state.ready.store(false, Ordering::Relaxed);
+                draining = Some(tokio::time::Instant::now() + Limits::ms(limits.drain_delay_ms));
+                continue;
+            }
+            _ = drain_over => break,
         };
         let Ok(permit) = permit else { break };
+        let drain_over = async {
+            match draining {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed(), if draining.is_none() => {
+                state.ready.store(false, Ordering::Relaxed);
+                draining = Some(tokio::time::Instant::now() + Limits::ms(limits.drain_delay_ms));
+                continue;
+            }
+            _ = drain_over => break,
         };
         let (tcp, _) = match accepted {
             Ok(pair) => pair,
@@ -52,7 +77,7 @@ pub async fn run(
         };
         let acceptor = acceptor.clone();
         let state = state.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = stop.clone();
         let limits = limits.clone();
         connections.spawn(async move {
             serve_connection(tcp, acceptor, state, shutdown, &limits).await;
@@ -60,6 +85,7 @@ pub async fn run(
         });
     }
     state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
     let grace = Limits::ms(limits.shutdown_grace_ms);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
@@ -75,18 +101,33 @@ async fn serve_connection(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     limits: &Limits,
 ) {
     let _ = tcp.set_nodelay(true);
+    state.metrics.connection_opened();
+    serve_tls(tcp, acceptor, &state, shutdown, limits).await;
+    state.metrics.connection_closed();
+}
+
+async fn serve_tls(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    state: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: &Limits,
+) {
     let handshake = tokio::time::timeout(Limits::ms(limits.handshake_timeout_ms), acceptor.accept(tcp)).await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
+            let reason = crate::metrics::handshake_reason(&e);
+            state.metrics.handshake_failed(reason);
+            tracing::debug!(reason, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            state.metrics.handshake_failed("timeout");
             tracing::debug!("TLS handshake timed out");
             return;
         }
@@ -95,6 +136,7 @@ async fn serve_connection(
     let identity = session.peer_certificates().and_then(peer_identity);
     let h2 = session.alpn_protocol() == Some(b"h2");
     let peer = Arc::new(Peer { identity });
+    let state = state.clone();
     let service = service_fn(move |request| api::handle(state.clone(), peer.clone(), request));
     let io = TokioIo::new(stream);
     if h2 {

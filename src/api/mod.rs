@@ -23,6 +23,7 @@ use crate::auth::{
     Permission, ReadAudit, ReadKeys, ReadMetadata, ReadWallet,
 };
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::vault::Vault;
 use problem::ApiError;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub clients: ClientTable,
     pub limits: Limits,
     pub ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
+    pub backup_dir: Option<std::path::PathBuf>,
     request_ids: RequestIds,
 }
 
@@ -42,8 +45,67 @@ impl AppState {
             clients,
             limits,
             ready: AtomicBool::new(true),
+            metrics: Arc::new(Metrics::default()),
+            backup_dir: None,
             request_ids: RequestIds::new()?,
         })
+    }
+
+    /// The metrics page: counters kept by the server and gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let vault = &self.vault;
+        let stats = vault.committer().stats();
+        let batches = stats.batches.load(Ordering::Relaxed) as f64;
+        let jobs = stats.jobs.load(Ordering::Relaxed) as f64;
+        let mut gauges: Vec<(String, &str, f64)> = vec![
+            (
+                "tokenvault_ready".into(),
+                "1 when unsealed, store open and not draining.",
+                f64::from(u8::from(self.ready.load(Ordering::Relaxed))),
+            ),
+            (
+                "tokenvault_key_version".into(),
+                "Active key-encryption key version.",
+                f64::from(vault.keyring().active_version()),
+            ),
+            (
+                "tokenvault_audit_entries".into(),
+                "Length of the audit chain.",
+                stats.audit_seq.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tokenvault_commit_batches".into(),
+                "Synced write batches since start.",
+                batches,
+            ),
+            (
+                "tokenvault_commit_requests".into(),
+                "Changes written since start (one or more per synced batch).",
+                jobs,
+            ),
+        ];
+        if let Ok(state) = vault.rewrap_state() {
+            gauges.push((
+                "tokenvault_rewrap_running".into(),
+                "1 while a rewrap runs.",
+                f64::from(u8::from(state.running)),
+            ));
+            gauges.push((
+                "tokenvault_rewrap_done".into(),
+                "Records rewrapped in the current or last run.",
+                state.done as f64,
+            ));
+            gauges.push((
+                "tokenvault_rewrap_total".into(),
+                "Records to rewrap in the current or last run.",
+                state.total as f64,
+            ));
+        }
+        for (name, value) in vault.store_properties() {
+            gauges.push((format!("tokenvault_rocksdb_{name}"), "RocksDB property.", value as f64));
+        }
+        let refs: Vec<(&str, &str, f64)> = gauges.iter().map(|(n, h, v)| (n.as_str(), *h, *v)).collect();
+        self.metrics.render(&refs)
     }
 }
 
@@ -92,6 +154,8 @@ enum Route<'a> {
     KeyRetire(&'a str),
     Audit,
     AuditVerify,
+    Metrics,
+    Backups,
     Unknown,
 }
 
@@ -101,6 +165,8 @@ impl Route<'_> {
         match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("healthz"), None, ..) => Route::Health,
             (Some("readyz"), None, ..) => Route::Ready,
+            (Some("metrics"), None, ..) => Route::Metrics,
+            (Some("v1"), Some("backups"), None, ..) => Route::Backups,
             (Some("v1"), Some("tokens"), None, ..) => Route::Tokens,
             (Some("v1"), Some("keys"), None, ..) => Route::Keys,
             (Some("v1"), Some("keys"), Some("rotate"), None, _) => Route::KeysRotate,
@@ -132,6 +198,8 @@ impl Route<'_> {
             Route::KeyRetire(_) => "retire",
             Route::Audit => "audit",
             Route::AuditVerify => "audit_verify",
+            Route::Metrics => "metrics",
+            Route::Backups => "backup",
             Route::Unknown => "unknown",
         }
     }
@@ -142,7 +210,8 @@ impl Route<'_> {
             Route::Tokens | Route::TokensBatch | Route::Detokenize(_) | Route::DetokenizeBatch => "POST",
             Route::Token(_) => "GET, PATCH, DELETE",
             Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify => "GET",
-            Route::KeysRotate | Route::KeyRetire(_) => "POST",
+            Route::KeysRotate | Route::KeyRetire(_) | Route::Backups => "POST",
+            Route::Metrics => "GET",
             Route::Unknown => "",
         }
     }
@@ -162,10 +231,15 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let route = Route::parse(&path);
     let head = request.method() == Method::HEAD;
-    let mut response = match dispatch(&state, &peer, route, request, &request_id).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(&request_id),
-    };
+    let span = tracing::debug_span!("request", request_id = %request_id);
+    let mut response =
+        match tracing::Instrument::instrument(dispatch(&state, &peer, route, request, &request_id), span).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(&request_id),
+        };
+    state
+        .metrics
+        .observe_request(route.name(), response.status().as_u16(), started.elapsed());
     if response.status().as_u16() >= 400 {
         if let Some(unread) = slot.take() {
             body::drain(unread, DRAIN_LIMIT, std::time::Duration::from_secs(2)).await;
@@ -229,7 +303,8 @@ async fn dispatch(
                 Route::CustomerTokens(_) | Route::Keys | Route::Audit | Route::AuditVerify,
                 &Method::GET
             )
-            | (Route::KeysRotate | Route::KeyRetire(_), &Method::POST)
+            | (Route::KeysRotate | Route::KeyRetire(_) | Route::Backups, &Method::POST)
+            | (Route::Metrics, &Method::GET)
     );
     if !allowed {
         return Err(ApiError::MethodNotAllowed { allow: route.allow() });
@@ -280,6 +355,7 @@ async fn dispatch(
                 .await?,
             );
             let revealed = state.vault.detokenize(&auth, token, request_id).await?;
+            state.metrics.count_tenant_op(&revealed.meta.tenant, "detokenize");
             Ok(views::detokenized(&revealed, request_id))
         }
         Route::DetokenizeBatch => tokens::detokenize_batch(&ctx, request).await,
@@ -323,6 +399,15 @@ async fn dispatch(
                 .vault
                 .audit_entries(&auth, after, usize::try_from(limit).unwrap_or(usize::MAX))?;
             Ok(views::json(StatusCode::OK, &page, request_id))
+        }
+        Route::Metrics => Ok(views::text(StatusCode::OK, state.render_metrics(), request_id)),
+        Route::Backups => {
+            let auth = ctx.permit::<ManageKeys>(None).await?;
+            let dir = state.backup_dir.as_deref().ok_or(ApiError::Conflict {
+                detail: "no backup_dir is configured",
+            })?;
+            let info = state.vault.backup(&auth, dir, request_id).await?;
+            Ok(views::json(StatusCode::CREATED, &info, request_id))
         }
         Route::AuditVerify => {
             let auth = ctx.permit::<ReadAudit>(None).await?;

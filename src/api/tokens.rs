@@ -67,12 +67,29 @@ async fn with_idempotency(
         let (status, body) = render(&prepared);
         let idempotency = key.zip(expect).map(|(k, e)| (k, e, status.as_u16(), body.clone()));
         match vault.commit_prepared(prepared, idempotency).await {
-            Ok(_) => return Ok(views::json(status, &body, ctx.request_id)),
+            Ok(_) => {
+                count_tokenized(ctx, &body);
+                return Ok(views::json(status, &body, ctx.request_id));
+            }
             Err(VaultError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(VaultError::TokenSpaceExhausted.into())
+}
+
+/// Counts the records a tokenize response reports, per tenant.
+fn count_tokenized(ctx: &Ctx<'_>, body: &serde_json::Value) {
+    let single = std::slice::from_ref(body);
+    let items = body
+        .get("results")
+        .and_then(|r| r.as_array())
+        .map_or(single, Vec::as_slice);
+    for item in items {
+        if let Some(tenant) = item.get("tenant").and_then(|t| t.as_str()) {
+            ctx.state.metrics.count_tenant_op(tenant, "tokenize");
+        }
+    }
 }
 
 pub(super) async fn tokenize(
@@ -197,6 +214,9 @@ pub(super) async fn detokenize_batch(
         .vault
         .detokenize_batch(&auth, &list.tokens, ctx.request_id)
         .await?;
+    for d in results.iter().flatten() {
+        ctx.state.metrics.count_tenant_op(&d.meta.tenant, "detokenize");
+    }
     Ok(views::detokenized_batch(&results, ctx.request_id))
 }
 

@@ -30,6 +30,16 @@ fn respond(status: StatusCode, body: Bytes, request_id: &str) -> Response<Full<B
     response
 }
 
+/// A plain-text response (the Prometheus exposition format).
+pub fn text(status: StatusCode, body: String, request_id: &str) -> Response<Full<Bytes>> {
+    let mut response = respond(status, Bytes::from(body), request_id);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
 pub fn empty(status: StatusCode, request_id: &str) -> Response<Full<Bytes>> {
     let mut response = respond(status, Bytes::new(), request_id);
     response.headers_mut().remove(header::CONTENT_TYPE);

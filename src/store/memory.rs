@@ -53,6 +53,14 @@ impl Store for MemoryStore {
             .map(|(k, v)| (k.clone(), v.clone())))
     }
 
+    fn checkpoint(&self, _dir: &std::path::Path) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("the in-memory store has no checkpoints".into()))
+    }
+
+    fn properties(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .lock()?

@@ -101,4 +101,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` entries with keys `>= from`, in key order.
     fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// A consistent copy of the whole store in `dir` (which must not exist), taken
+    /// while serving.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError>;
+
+    /// Engine figures for metrics: (name, value).
+    fn properties(&self) -> Vec<(&'static str, u64)>;
 }

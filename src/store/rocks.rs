@@ -75,6 +75,32 @@ impl Store for RocksStore {
         self.db.write_opt(batch, &options).map_err(unavailable)
     }
 
+    fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(unavailable)?;
+        checkpoint.create_checkpoint(dir).map_err(unavailable)
+    }
+
+    fn properties(&self) -> Vec<(&'static str, u64)> {
+        let names = [
+            ("sst_bytes", "rocksdb.total-sst-files-size"),
+            ("live_data_bytes", "rocksdb.estimate-live-data-size"),
+            ("memtable_bytes", "rocksdb.cur-size-all-mem-tables"),
+            ("delayed_write_rate", "rocksdb.actual-delayed-write-rate"),
+            ("write_stopped", "rocksdb.is-write-stopped"),
+            ("running_compactions", "rocksdb.num-running-compactions"),
+        ];
+        names
+            .iter()
+            .filter_map(|(label, property)| {
+                self.db
+                    .property_int_value(*property)
+                    .ok()
+                    .flatten()
+                    .map(|v| (*label, v))
+            })
+            .collect()
+    }
+
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError> {
         let mut iter = self.db.iterator_cf(self.cf(table)?, IteratorMode::End);
         match iter.next() {

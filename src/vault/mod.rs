@@ -4,6 +4,7 @@
 //! entries and preconditions) to the group committer.
 
 mod audit_log;
+mod backup;
 pub mod credential;
 pub mod cvc;
 mod idempotency;
@@ -30,6 +31,7 @@ use crate::validate::ValidationError;
 use cvc::CvcCache;
 use record::{fingerprint_key, storage_key, Metadata, StoredRecord};
 
+pub use backup::BackupInfo;
 pub use idempotency::{IdempotencyKey, Lookup};
 pub use keys::{KeyFile, KeyStatus, RewrapPace, RewrapState};
 pub use reveal::{Detokenized, Revealed};

@@ -77,13 +77,22 @@ impl TestVault {
 
     /// Like `start`, with other identities and extra `[limits]` lines.
     pub fn start_with(identities: &[(&str, &str, &str, &str)], limits: &str) -> TestVault {
-        let mut vault = Self::prepare(identities, limits);
+        Self::start_full(identities, "", limits)
+    }
+
+    /// Like `start_with`, with extra top-level configuration lines.
+    pub fn start_full(identities: &[(&str, &str, &str, &str)], top: &str, limits: &str) -> TestVault {
+        let mut vault = Self::prepare_full(identities, top, limits);
         vault.launch();
         vault
     }
 
-    /// Writes PKI, config and keyring without starting a process.
     pub fn prepare(identities: &[(&str, &str, &str, &str)], limits: &str) -> TestVault {
+        Self::prepare_full(identities, "", limits)
+    }
+
+    /// Writes PKI, config and keyring without starting a process.
+    pub fn prepare_full(identities: &[(&str, &str, &str, &str)], top: &str, limits: &str) -> TestVault {
         let root = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(root.path());
         let mut clients = String::new();
@@ -100,9 +109,10 @@ impl TestVault {
         );
         let p = |name: &str| pki.dir.join(name).display().to_string();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}[limits]\n{limits}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\nbackup_dir = \"{backups}\"\n{top}\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}[limits]\n{limits}\n",
             data = root.path().join("data").display(),
             keyring = root.path().join("keyring.sealed").display(),
+            backups = root.path().join("backups").display(),
             cert = p("server.pem"),
             key = p("server.key"),
             ca = p("ca.pem"),
@@ -159,8 +169,14 @@ impl TestVault {
 
     /// SIGTERM, then wait (at most `limit`) for the exit status.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let id = self.child.as_ref()?.id();
+        let _ = Command::new("kill").args(["-TERM", &id.to_string()]).status();
+        self.wait_exit(limit)
+    }
+
+    /// Waits (at most `limit`) for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let started = Instant::now();
         while started.elapsed() < limit {
             if let Ok(Some(status)) = child.try_wait() {
@@ -171,6 +187,11 @@ impl TestVault {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn relaunch(&mut self) {

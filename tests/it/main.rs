@@ -9,5 +9,6 @@ mod harness;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod ops;
 mod regressions;
 mod tenants;
