@@ -11,8 +11,8 @@ use tokenvault::daemon;
 use tokenvault::pki::write_dev_pki;
 use tokenvault::startup::{init_keyring, prepare_dev, read_passphrase};
 
-/// Exit code for a bad configuration (EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+/// Exit code for a bad configuration (64, as the house style's start-up script says).
+const EXIT_CONFIG: u8 = 64;
 /// Exit code for bad usage (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 /// Exit code of `audit verify` when the chain is broken (EX_DATAERR).

@@ -55,11 +55,7 @@ pub async fn read_body(
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
         // Left in the slot: `handle` drains a moderately sized body after answering.
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -70,14 +66,15 @@ pub async fn read_body(
         .map_err(|_| ApiError::RequestTimeout)?
 }
 
-async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = headers
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let declared = declared_length(headers);
     // Reserve only a little up front: memory follows the bytes that arrive, not
     // what a client declares.
     let capacity = declared.map_or(1024, |n| n as usize).min(limit).min(16 * 1024);
@@ -179,11 +176,7 @@ pub fn decode_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Decodes JSON into `T`, mapping every serde failure to a problem that names the
 /// field (by its JSON path) and the rule, never the submitted value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    check_shape(bytes, true)?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
-    de.end().map_err(|_| ApiError::InvalidJson)?;
-    Ok(value)
+    decode_borrowed(bytes)
 }
 
 /// Like `decode`, for types that borrow from the body (batch envelopes).

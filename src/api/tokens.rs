@@ -78,6 +78,18 @@ async fn with_idempotency(
     Err(VaultError::TokenSpaceExhausted.into())
 }
 
+/// Checks the content type and reads the body (bounded in size and time).
+async fn json_body(
+    ctx: &Ctx<'_>,
+    request: Request<super::body::BodySlot>,
+    limit: usize,
+) -> Result<(http::request::Parts, zeroize::Zeroizing<Vec<u8>>), ApiError> {
+    let (parts, body) = request.into_parts();
+    body::require_json(&parts.headers)?;
+    let raw = body::read_body(&parts.headers, body, limit, ctx.state.limits.body_timeout()).await?;
+    Ok((parts, raw))
+}
+
 /// Counts the records a tokenize response reports, per tenant.
 fn count_tokenized(ctx: &Ctx<'_>, body: &serde_json::Value) {
     let single = std::slice::from_ref(body);
@@ -98,15 +110,7 @@ pub(super) async fn tokenize(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     // The role is checked before the body (which holds card data) is read.
     ctx.permit::<Tokenize>(None).await?;
-    let (parts, body) = request.into_parts();
-    body::require_json(&parts.headers)?;
-    let raw = body::read_body(
-        &parts.headers,
-        body,
-        ctx.state.limits.max_body_bytes,
-        ctx.state.limits.body_timeout(),
-    )
-    .await?;
+    let (parts, raw) = json_body(ctx, request, ctx.state.limits.max_body_bytes).await?;
     let input: TokenizeRequest = body::decode_object(&raw)?;
     let auth = ctx.permit_single::<Tokenize>(input.tenant.as_deref()).await?;
     let vault = &ctx.state.vault;
@@ -134,15 +138,7 @@ pub(super) async fn tokenize_batch(
     request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let proof = ctx.permit::<Tokenize>(None).await?;
-    let (parts, body) = request.into_parts();
-    body::require_json(&parts.headers)?;
-    let raw = body::read_body(
-        &parts.headers,
-        body,
-        ctx.state.limits.max_batch_body_bytes,
-        ctx.state.limits.body_timeout(),
-    )
-    .await?;
+    let (parts, raw) = json_body(ctx, request, ctx.state.limits.max_batch_body_bytes).await?;
     let batch: BatchBody<'_> = body::decode_borrowed(&raw)?;
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH_ITEMS {
         return Err(too_many("items"));
@@ -196,15 +192,7 @@ pub(super) async fn detokenize_batch(
     request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let auth = ctx.permit::<Detokenize>(None).await?;
-    let (parts, body) = request.into_parts();
-    body::require_json(&parts.headers)?;
-    let raw = body::read_body(
-        &parts.headers,
-        body,
-        ctx.state.limits.max_batch_body_bytes,
-        ctx.state.limits.body_timeout(),
-    )
-    .await?;
+    let (_, raw) = json_body(ctx, request, ctx.state.limits.max_batch_body_bytes).await?;
     let list: TokenList = body::decode(&raw)?;
     if list.tokens.is_empty() || list.tokens.len() > MAX_BATCH_ITEMS {
         return Err(too_many("tokens"));
@@ -226,15 +214,7 @@ pub(super) async fn update(
     request: Request<super::body::BodySlot>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let auth = ctx.permit::<Update>(None).await?;
-    let (parts, body) = request.into_parts();
-    body::require_json(&parts.headers)?;
-    let raw = body::read_body(
-        &parts.headers,
-        body,
-        ctx.state.limits.max_body_bytes,
-        ctx.state.limits.body_timeout(),
-    )
-    .await?;
+    let (_, raw) = json_body(ctx, request, ctx.state.limits.max_body_bytes).await?;
     let patch: PatchRequest = body::decode_object(&raw)?;
     drop(raw);
     let meta = ctx.state.vault.update(&auth, token, &patch, ctx.request_id).await?;

@@ -28,6 +28,21 @@ pub struct Address {
     pub country: Option<Personal>,
 }
 
+impl Address {
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.line1,
+            &self.line2,
+            &self.city,
+            &self.state,
+            &self.postal_code,
+            &self.country,
+        ]
+        .iter()
+        .all(|f| f.is_none())
+    }
+}
+
 pub struct Card {
     pub pan: Pan,
     pub brand: Brand,

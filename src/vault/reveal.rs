@@ -1,35 +1,11 @@
 //! Raw credentials as a detokenize reveals them, rebuilt from a decrypted payload.
 
-use super::credential::tag;
+use super::credential::{tag, Address};
 use super::credential::{TYPE_ACH, TYPE_CARD, TYPE_IBAN};
 use super::input::AccountType;
 use super::record::{decode_payload, MalformedRecord, Metadata};
 use super::VaultError;
 use crate::secret::{AccountNumber, Cvc, Iban, Pan, Personal};
-
-pub struct RevealedAddress {
-    pub line1: Option<Personal>,
-    pub line2: Option<Personal>,
-    pub city: Option<Personal>,
-    pub state: Option<Personal>,
-    pub postal_code: Option<Personal>,
-    pub country: Option<Personal>,
-}
-
-impl RevealedAddress {
-    fn is_empty(&self) -> bool {
-        [
-            &self.line1,
-            &self.line2,
-            &self.city,
-            &self.state,
-            &self.postal_code,
-            &self.country,
-        ]
-        .iter()
-        .all(|f| f.is_none())
-    }
-}
 
 pub enum Revealed {
     Card {
@@ -38,7 +14,7 @@ pub enum Revealed {
         exp_year: u16,
         holder_name: Option<Personal>,
         cvc: Option<Cvc>,
-        billing_address: Option<RevealedAddress>,
+        billing_address: Option<Address>,
     },
     Iban {
         iban: Iban,
@@ -80,7 +56,7 @@ impl Revealed {
             TYPE_CARD => {
                 let card = meta.card.as_ref().ok_or(VaultError::Corrupt)?;
                 let number = Pan::copy_from(text(find(tag::NUMBER).ok_or(VaultError::Corrupt)?)?);
-                let address = RevealedAddress {
+                let address = Address {
                     line1: personal(tag::LINE1)?,
                     line2: personal(tag::LINE2)?,
                     city: personal(tag::CITY)?,

@@ -145,7 +145,7 @@ fn production_start_refuses_the_dev_passphrase() {
 }
 
 #[test]
-fn unknown_config_key_is_named_and_exits_78() {
+fn unknown_config_key_is_named_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
@@ -157,7 +157,7 @@ fn unknown_config_key_is_named_and_exits_78() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_backlog"));
 }
 

@@ -246,7 +246,7 @@ fn check_config_names_each_broken_file() {
         std::fs::write(&path, broken).unwrap();
         let out = run();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(78), "{item}: {text}");
+        assert_eq!(out.status.code(), Some(64), "{item}: {text}");
         let line = text
             .lines()
             .find(|l| l.starts_with("FAIL") && l.contains(item))
