@@ -88,6 +88,10 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_h2_streams: u32,
     pub shutdown_grace_ms: u64,
+    /// Requests per second each client identity may make (token bucket); 0: off.
+    pub rate_per_second: f64,
+    /// Bucket size: how many requests an identity may make at once.
+    pub rate_burst: f64,
     /// After SIGTERM, how long `/readyz` answers 503 while requests are still
     /// served, so that load balancers stop sending before connections close.
     pub drain_delay_ms: u64,
@@ -111,6 +115,8 @@ impl Default for Limits {
             max_h2_streams: 128,
             shutdown_grace_ms: 10_000,
             drain_delay_ms: 0,
+            rate_per_second: 20_000.0,
+            rate_burst: 40_000.0,
         }
     }
 }

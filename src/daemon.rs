@@ -17,7 +17,7 @@ use crate::crypto::CryptoError;
 use crate::secret::{KeyBytes, Passphrase};
 use crate::startup::{raise_fd_limit, unseal_keyring, StartupError};
 use crate::store::{RocksStore, Store, StoreError};
-use crate::tls::{server_config, TlsError};
+use crate::tls::{TlsError, TlsReloader};
 use crate::vault::SYSTEM;
 use crate::vault::{KeyFile, RewrapPace, Vault, VaultSettings};
 
@@ -68,11 +68,17 @@ pub async fn run_with(
     options: Options,
     on_listening: impl FnOnce(SocketAddr, u32),
 ) -> Result<(), DaemonError> {
+    for warning in crate::harden::harden_process() {
+        tracing::warn!("{warning}");
+    }
     let max_open_files = raise_fd_limit();
     let (keyring, sealing) = unseal_keyring(&config.keyring, &passphrase)?;
+    if let Err(warning) = crate::harden::lock_memory() {
+        tracing::warn!("{warning}");
+    }
     let keyring = Arc::new(keyring);
     drop(passphrase);
-    let tls = server_config(&config.tls)?;
+    let tls = Arc::new(TlsReloader::new(config.tls.clone())?);
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir, max_open_files)?);
     let clock = options.clock;
     // The commit writer keeps its own copy of the audit key (a named, greppable step).
@@ -127,6 +133,7 @@ pub async fn run_with(
         pause: Duration::from_millis(config.limits.rewrap_pause_ms),
     };
     tokio::spawn(vault.clone().run_rewrap(pace, stop_rx.clone()));
+    tokio::spawn(watch_tls(tls.clone(), stop_rx.clone()));
     tokio::spawn(purge(
         vault.clone(),
         Duration::from_millis(config.limits.purge_interval_ms),
@@ -198,6 +205,40 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
                 .serve_connection(io, service)
                 .await;
         });
+    }
+}
+
+/// Reloads certificates and CRLs on SIGHUP and when their files change (checked
+/// every two seconds). A file that does not validate keeps the old configuration.
+async fn watch_tls(tls: Arc<TlsReloader>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = hangup => "SIGHUP",
+            _ = tick.tick() => {
+                if !tls.changed() {
+                    continue;
+                }
+                "a file changed"
+            }
+            _ = stop.changed() => return,
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!(trigger = why, "TLS certificates and CRLs reloaded"),
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "TLS reload refused; keeping the previous configuration")
+            }
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct LeafSpec {
     pub usage: Usage,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// A fixed serial number (to revoke it in a CRL); random when `None`.
+    pub serial: Option<u64>,
 }
 
 impl LeafSpec {
@@ -54,6 +56,7 @@ impl LeafSpec {
             usage: Usage::Client,
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(365),
+            serial: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl LeafSpec {
             usage: Usage::Server,
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(825),
+            serial: None,
         }
     }
 }
@@ -117,6 +121,28 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A CRL (PEM) from this CA revoking the given serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(now.unix_timestamp().unsigned_abs()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(spec.dns.clone())?;
@@ -139,6 +165,7 @@ impl Ca {
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
         params.use_authority_key_identifier_extension = true;
+        params.serial_number = spec.serial.map(rcgen::SerialNumber::from);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),

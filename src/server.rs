@@ -8,24 +8,22 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState, Peer};
 use crate::config::Limits;
-use crate::tls::peer_identity;
+use crate::tls::{peer_identity, TlsReloader};
 
 /// Serves until `shutdown` turns true, then drains for at most the grace period.
 pub async fn run(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Arc<TlsReloader>,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = state.limits.clone();
-    let acceptor = TlsAcceptor::from(tls);
     let max = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut connections = tokio::task::JoinSet::new();
@@ -75,7 +73,8 @@ pub async fn run(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        // Each connection uses the configuration in force when it was accepted.
+        let acceptor = TlsAcceptor::from(tls.current());
         let state = state.clone();
         let shutdown = stop.clone();
         let limits = limits.clone();

@@ -110,6 +110,64 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The server configuration in force, replaced only by a validated new one: on
+/// SIGHUP or when one of its files changes, the files are loaded and checked, and a
+/// bad file keeps the old configuration (and says why in the log).
+pub struct TlsReloader {
+    files: TlsFiles,
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+    stamp: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+}
+
+impl TlsReloader {
+    pub fn new(files: TlsFiles) -> Result<TlsReloader, TlsError> {
+        let config = server_config(&files)?;
+        let stamp = Self::stamp_of(&files);
+        Ok(TlsReloader {
+            files,
+            current: std::sync::RwLock::new(config),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn stamp_of(files: &TlsFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        [&files.cert, &files.key, &files.client_ca]
+            .into_iter()
+            .chain(files.crl.iter())
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    /// Loads and validates the files again; publishes only a valid result.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamp = Self::stamp_of(&self.files);
+        if let Ok(mut s) = self.stamp.lock() {
+            *s = stamp;
+        }
+        let config = server_config(&self.files)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = config;
+        Ok(())
+    }
+
+    /// True when a file's modification time or size changed since the last load.
+    pub fn changed(&self) -> bool {
+        let now = Self::stamp_of(&self.files);
+        self.stamp.lock().map(|s| *s != now).unwrap_or(false)
+    }
+}
+
 /// The identity of a verified client chain: its leaf's first SAN URI, else its first
 /// SAN DNS name, else its subject common name.
 pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<String> {

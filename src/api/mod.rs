@@ -24,6 +24,7 @@ use crate::auth::{
 };
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::vault::Vault;
 use problem::ApiError;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub backup_dir: Option<std::path::PathBuf>,
+    pub limiter: RateLimiter,
     request_ids: RequestIds,
 }
 
@@ -43,6 +45,7 @@ impl AppState {
         Ok(AppState {
             vault,
             clients,
+            limiter: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
             limits,
             ready: AtomicBool::new(true),
             metrics: Arc::new(Metrics::default()),
@@ -310,6 +313,10 @@ async fn dispatch(
         return Err(ApiError::MethodNotAllowed { allow: route.allow() });
     }
     let client = identify(state, peer, route, request_id).await?;
+    state
+        .limiter
+        .check(&client.identity)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let ctx = Ctx {
         state,
         client,
@@ -354,7 +361,19 @@ async fn dispatch(
                 )
                 .await?,
             );
-            let revealed = state.vault.detokenize(&auth, token, request_id).await?;
+            let revealed = match state.vault.detokenize(&auth, token, request_id).await {
+                Ok(revealed) => revealed,
+                Err(crate::vault::VaultError::NotFound) => {
+                    if state.limiter.note_miss(&client.identity) {
+                        tracing::warn!(identity = %client.identity, "many detokenize misses: possible token enumeration");
+                        let event = AuditEvent::new(&client.identity, "detokenize", "possible_enumeration")
+                            .request_id(request_id);
+                        let _ = state.vault.audit(event).await;
+                    }
+                    return Err(ApiError::NotFound);
+                }
+                Err(e) => return Err(e.into()),
+            };
             state.metrics.count_tenant_op(&revealed.meta.tenant, "detokenize");
             Ok(views::detokenized(&revealed, request_id))
         }

@@ -43,6 +43,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     #[error("unavailable")]
     Unavailable,
     #[error("internal error")]
@@ -158,6 +160,7 @@ impl ApiError {
                 "method_not_allowed",
                 "Method not allowed",
             ),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -209,6 +212,11 @@ impl ApiError {
             UnsupportedMediaType => ("send Content-Type: application/json".into(), None, None),
             RequestTimeout => ("the request body did not arrive in time".into(), None, Some("timeout")),
             MethodNotAllowed { allow } => (format!("allowed methods: {allow}"), None, None),
+            RateLimited { retry_after } => (
+                format!("this identity exceeded its request rate; retry after {retry_after} s"),
+                None,
+                None,
+            ),
             Unavailable => ("the vault cannot serve this request now".into(), None, None),
             Internal => ("the request could not be completed".into(), None, None),
         }
@@ -248,6 +256,9 @@ impl ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let ApiError::MethodNotAllowed { allow } = self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let ApiError::RateLimited { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", id);

@@ -241,3 +241,62 @@ async fn expired_client_certificate_is_refused() {
     tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
     refused(&vault, tls).await;
 }
+
+/// Revocation: a revoked client is refused at the handshake; CRLs reload on SIGHUP
+/// and when their file changes; a bad CRL keeps the previous configuration.
+#[tokio::test]
+async fn revoked_certificates_are_refused_and_crls_reload() {
+    let mut vault = TestVault::prepare_tls(crate::harness::IDENTITIES, "", "crl = [\"{pki}/clients.crl\"]", "");
+    let crl = vault.pki.dir.join("clients.crl");
+    std::fs::write(&crl, vault.pki.ca.crl(&[]).unwrap()).unwrap();
+    let mut spec = LeafSpec::client("checkout", Some("spiffe://test/checkout"));
+    spec.serial = Some(777_001);
+    vault.pki.issue("doomed", &spec);
+    vault.launch_now();
+    let mut doomed = vault.client("doomed").await;
+    assert_eq!(
+        post(&mut doomed, "/v1/tokens", &card_body("4111111111111111", None))
+            .await
+            .status,
+        201
+    );
+
+    // Revoke it: the next connection is refused (file change picked up, or SIGHUP).
+    std::fs::write(&crl, vault.pki.ca.crl(&[777_001]).unwrap()).unwrap();
+    let pid = vault.pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    refused(&vault, vault.pki.tls("doomed")).await;
+    let mut fine = vault.client("checkout").await;
+    assert_eq!(get(&mut fine, "/healthz").await.status, 200);
+
+    // A broken CRL file is refused; the last good configuration stays.
+    std::fs::write(&crl, b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    refused(&vault, vault.pki.tls("doomed")).await;
+    let mut fine = vault.client("checkout").await;
+    assert_eq!(get(&mut fine, "/healthz").await.status, 200);
+    let output = String::from_utf8_lossy(&vault.output()).into_owned();
+    assert!(output.contains("TLS reload refused"), "the refusal is logged");
+}
+
+#[tokio::test]
+async fn not_yet_valid_client_certificate_is_refused() {
+    let vault = TestVault::start();
+    let mut spec = LeafSpec::client("checkout", Some("spiffe://test/checkout"));
+    spec.not_before = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    let leaf = vault.pki.ca.issue(&spec).unwrap();
+    let mut tls = vault.pki.tls("checkout");
+    tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
+    refused(&vault, tls).await;
+}

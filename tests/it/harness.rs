@@ -93,8 +93,14 @@ impl TestVault {
 
     /// Writes PKI, config and keyring without starting a process.
     pub fn prepare_full(identities: &[(&str, &str, &str, &str)], top: &str, limits: &str) -> TestVault {
+        Self::prepare_tls(identities, top, "", limits)
+    }
+
+    /// Like `prepare_full`, with extra `[tls]` lines; `{pki}` in them is the PKI folder.
+    pub fn prepare_tls(identities: &[(&str, &str, &str, &str)], top: &str, tls_extra: &str, limits: &str) -> TestVault {
         let root = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(root.path());
+        let tls_extra = tls_extra.replace("{pki}", &pki.dir.display().to_string());
         let mut clients = String::new();
         for (name, uri, roles, tenants) in identities {
             pki.issue(name, &LeafSpec::client(name, Some(uri)));
@@ -109,10 +115,11 @@ impl TestVault {
         );
         let p = |name: &str| pki.dir.join(name).display().to_string();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\nbackup_dir = \"{backups}\"\n{top}\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n{clients}[limits]\n{limits}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\nkeyring = \"{keyring}\"\npassphrase_env = \"TV_TEST_PASSPHRASE\"\nbackup_dir = \"{backups}\"\n{top}\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n{tls_extra}\n\n{clients}[limits]\n{limits}\n",
             data = root.path().join("data").display(),
             keyring = root.path().join("keyring.sealed").display(),
             backups = root.path().join("backups").display(),
+            tls_extra = tls_extra,
             cert = p("server.pem"),
             key = p("server.key"),
             ca = p("ca.pem"),
@@ -192,6 +199,10 @@ impl TestVault {
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn launch_now(&mut self) {
+        self.launch();
     }
 
     pub fn relaunch(&mut self) {

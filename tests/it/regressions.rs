@@ -209,3 +209,86 @@ async fn sigterm_with_an_idle_http2_client_exits_cleanly_within_the_grace_period
     assert!(!output.contains("pthread"), "unclean exit: {output}");
     assert!(output.contains("stopping"));
 }
+
+#[tokio::test]
+async fn an_identity_over_its_rate_gets_429_and_enumeration_is_audited() {
+    let vault = TestVault::start_with(IDENTITIES, "rate_per_second = 5.0\nrate_burst = 5.0");
+    let mut checkout = vault.client("checkout").await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let reply = post(&mut checkout, "/v1/tokens", &card_body("4111111111111111", None)).await;
+        if reply.status == 429 {
+            assert_eq!(reply.json()["type"], "rate_limited");
+            assert!(reply.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        }
+        statuses.push(reply.status);
+    }
+    assert!(statuses.contains(&201) && statuses.contains(&429), "{statuses:?}");
+    // Another identity has its own bucket.
+    let mut gateway = vault.client("gateway").await;
+    assert_eq!(
+        crate::harness::detokenize(&mut gateway, "tok_AAAAAAAAAAAAAAAAAAAAAAAA")
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_detokenize_misses_is_audited_as_possible_enumeration() {
+    let vault = TestVault::start();
+    let mut gateway = vault.client("gateway").await;
+    for i in 0..25 {
+        let token = format!("tok_{:0>24}", i);
+        assert_eq!(crate::harness::detokenize(&mut gateway, &token).await.status, 404);
+    }
+    let mut security = vault.client("security").await;
+    let audit = get(&mut security, "/v1/audit?limit=1000").await.text();
+    assert_eq!(audit.matches("possible_enumeration").count(), 1, "{audit}");
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vault = TestVault::start_with(IDENTITIES, "header_timeout_ms = 700");
+    let mut tls = vault.pki.tls("checkout");
+    tls.alpn = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(tls.config().unwrap());
+    let tcp = tokio::net::TcpStream::connect(vault.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut slow = connector.connect(name, tcp).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    // One header byte every 200 ms: never a complete header.
+    for b in b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: "
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        if slow.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut other = vault.client("checkout").await;
+        assert_eq!(
+            get(&mut other, "/healthz").await.status,
+            200,
+            "normal clients keep being served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await {
+            closed = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert!(closed, "the slow connection was not dropped");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "dropped too late: {:?}",
+        started.elapsed()
+    );
+}
