@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the module map and the request path.
 
+#[cfg(feature = "rocksdb")]
 pub mod admin;
 pub mod api;
 pub mod audit;
@@ -12,9 +13,13 @@ pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "rocksdb")]
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harden;
 pub mod metrics;
+#[cfg(feature = "rocksdb")]
 pub mod ops;
 pub mod pki;
 pub mod ratelimit;

@@ -303,6 +303,12 @@ impl Keyring {
         out
     }
 
+    /// The plaintext parser, exposed to the fuzz targets only.
+    #[doc(hidden)]
+    pub fn decode_for_fuzzing(bytes: &[u8]) -> Result<Keyring, CryptoError> {
+        Self::decode(bytes)
+    }
+
     fn decode(bytes: &[u8]) -> Result<Keyring, CryptoError> {
         const BAD: CryptoError = CryptoError::Keyring("the keyring's contents are malformed");
         let mut r = Reader(bytes);

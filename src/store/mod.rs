@@ -3,9 +3,11 @@
 //! an in-memory store for fast unit tests.
 
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
 
 /// The tables (RocksDB column families) of the vault.
