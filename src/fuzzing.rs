@@ -32,8 +32,7 @@ pub fn validators(data: &[u8]) {
     let _ = detect_brand(data);
     let _ = Token::parse(text);
     let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    let (month, year) = text.split_at(text.len() / 2);
-    if text.is_char_boundary(text.len() / 2) {
+    if let Some((month, year)) = text.split_at_checked(text.len() / 2) {
         let _ = validate_expiry(RawInt::Text(month), RawInt::Text(year), now);
     }
 }
