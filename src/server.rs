@@ -143,7 +143,7 @@ async fn serve_tls(
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_h2_streams)
-            .max_header_list_size(16 * 1024)
+            .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(Limits::ms(limits.idle_timeout_ms)))
             .keep_alive_timeout(Limits::ms(limits.header_timeout_ms));
         let conn = builder.serve_connection(io, service);
@@ -160,7 +160,8 @@ async fn serve_tls(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(Limits::ms(limits.header_timeout_ms))
-            .max_buf_size(64 * 1024)
+            .max_buf_size(128 * 1024)
+            .max_headers(256)
             .keep_alive(true);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);

@@ -263,6 +263,9 @@ pub async fn handle(
     Ok(response)
 }
 
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// How much of an unread body is drained after an early error response.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
@@ -311,6 +314,16 @@ async fn dispatch(
     );
     if !allowed {
         return Err(ApiError::MethodNotAllowed { allow: route.allow() });
+    }
+    // Header limits are enforced here, below hyper's own (which answer without a
+    // problem document), so that a client gets the usual error format.
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if request.headers().len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge);
     }
     let client = identify(state, peer, route, request_id).await?;
     state

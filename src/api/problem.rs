@@ -37,6 +37,8 @@ pub enum ApiError {
     KeyVersionInUse { records: Option<i64> },
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("request body timed out")]
     RequestTimeout,
     #[error("unsupported media type")]
@@ -150,6 +152,11 @@ impl ApiError {
             KeyVersionInUse { .. } => (StatusCode::CONFLICT, "key_version_in_use", "Key version in use"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request", "Request timeout"),
+            HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request",
+                "Request header fields too large",
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -211,6 +218,11 @@ impl ApiError {
             PayloadTooLarge { limit } => (format!("the request body exceeds {limit} bytes"), None, None),
             UnsupportedMediaType => ("send Content-Type: application/json".into(), None, None),
             RequestTimeout => ("the request body did not arrive in time".into(), None, Some("timeout")),
+            HeadersTooLarge => (
+                "at most 64 header fields and 16 KiB of headers are accepted".into(),
+                None,
+                Some("headers"),
+            ),
             MethodNotAllowed { allow } => (format!("allowed methods: {allow}"), None, None),
             RateLimited { retry_after } => (
                 format!("this identity exceeded its request rate; retry after {retry_after} s"),

@@ -85,3 +85,87 @@ async fn no_raw_value_in_output_or_data_dir() {
         );
     }
 }
+
+/// Every fixture PAN through every error path, then the daemon's whole output is
+/// searched for each of them.
+#[tokio::test]
+async fn every_fixture_pan_through_every_error_path_leaves_no_trace() {
+    let vault = TestVault::start();
+    let mut checkout = vault.client("checkout").await;
+    let mut gateway = vault.client("gateway").await;
+    let mut pans = Vec::new();
+    for row in fixture("cards.csv") {
+        let pan: String = row[0].chars().filter(char::is_ascii_digit).collect();
+        let bodies = [
+            format!(r#"{{"card":{{"number":{pan},"exp_month":12,"exp_year":2031}}}}"#),
+            format!(r#"{{"card":{{"number":"{pan}","exp_month":13,"exp_year":2031}}}}"#),
+            format!(r#"{{"card":{{"number":"{pan}","exp_month":12,"exp_year":31}}}}"#),
+            format!(r#"{{"card":{{"number":"{pan}","exp_month":1,"exp_year":2001}}}}"#),
+            format!(r#"{{"card":{{"number":"{pan}","exp_month":12,"exp_year":2031,"cvc":"12x"}}}}"#),
+            format!(r#"{{"card":{{"number":"{pan}","exp_month":12,"exp_year":2031,"{pan}":1}}}}"#),
+            format!(r#"{{"customer":"{pan}","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#),
+            format!(r#"{{"tenant":"{pan}","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#),
+            format!(r#"{{"format":"{pan}","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#),
+            format!(r#"{{"bank_account":{{"iban":"{pan}"}}}}"#),
+            format!(
+                r#"{{"bank_account":{{"routing_number":"{pan}","account_number":"{pan}","account_type":"checking"}}}}"#
+            ),
+            format!(r#"{{"card":{{"number":"{pan}""#),
+            format!(r#"["{pan}"]"#),
+        ];
+        for body in &bodies {
+            let reply = post(&mut checkout, "/v1/tokens", body).await;
+            assert!(reply.status >= 400, "{body}");
+            assert!(
+                !reply.text().contains(&pan),
+                "a response echoed the PAN: {}",
+                reply.text()
+            );
+        }
+        let reply = checkout
+            .request_with(
+                Method::POST,
+                "/v1/tokens",
+                Some(bodies[1].as_bytes()),
+                &[("content-type", "text/plain")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 415);
+        let big = format!(
+            r#"{{"card":{{"number":"{pan}","holder_name":"{}"}}}}"#,
+            "x".repeat(70_000)
+        );
+        assert_eq!(post(&mut checkout, "/v1/tokens", &big).await.status, 413);
+        assert_eq!(post(&mut gateway, "/v1/tokens", &bodies[1]).await.status, 403);
+        for path in [
+            format!("/v1/tokens/{pan}"),
+            format!("/v1/tokens/{pan}/detokenize"),
+            format!("/v1/customers/{pan}/tokens"),
+        ] {
+            let _ = checkout.request(Method::GET, &path, None).await;
+            let _ = gateway.request(Method::POST, &path, None).await;
+        }
+        let patch = format!(r#"{{"card":{{"number":"{pan}"}}}}"#);
+        let _ = checkout
+            .request(
+                Method::PATCH,
+                "/v1/tokens/tok_AAAAAAAAAAAAAAAAAAAAAAAA",
+                Some(patch.as_bytes()),
+            )
+            .await;
+        pans.push(pan);
+    }
+    let output = vault.output();
+    let files = read_tree(&vault.data_dir());
+    for pan in &pans {
+        assert!(!contains(&output, pan.as_bytes()), "daemon output holds a fixture PAN");
+        for (path, bytes) in &files {
+            assert!(
+                !contains(bytes, pan.as_bytes()),
+                "{} holds a fixture PAN",
+                path.display()
+            );
+        }
+    }
+}

@@ -292,3 +292,33 @@ async fn slowloris_headers_are_cut_off_while_others_are_served() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_a_problem_document() {
+    let vault = TestVault::start();
+    let mut tls = vault.pki.tls("checkout");
+    for alpn in [b"h2".to_vec(), b"http/1.1".to_vec()] {
+        tls.alpn = vec![alpn];
+        let mut c = Client::connect(vault.addr, tls.config().unwrap()).await.unwrap();
+        let names: Vec<String> = (0..100).map(|i| format!("x-extra-{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let reply = c
+            .request_with(Method::GET, "/v1/tokens/tok_AAAAAAAAAAAAAAAAAAAAAAAA", None, &many)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 431);
+        assert_eq!(reply.headers["content-type"], "application/problem+json");
+        let big = "y".repeat(20_000);
+        let reply = c
+            .request_with(
+                Method::GET,
+                "/v1/tokens/tok_AAAAAAAAAAAAAAAAAAAAAAAA",
+                None,
+                &[("x-big", big.as_str())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 431);
+        assert_eq!(reply.json()["reason"], "headers");
+    }
+}
