@@ -174,7 +174,15 @@ async fn version_in_use_names_how_many_records_need_it() {
     let tokens = tokenize_many(&mut checkout, 3, 0).await;
     let mut security = vault.client("security").await;
     assert_eq!(call(&mut security, Method::POST, "/v1/keys/rotate").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await; // the first batch of one record
+    // Wait for the first batch (one record); the next comes 1.5 s later.
+    let started = Instant::now();
+    while status(&mut security).await["rewrap"]["done"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the first rewrap batch did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let refused = call(&mut security, Method::POST, "/v1/keys/1/retire").await;
     assert_eq!(refused.status, 409);
     assert!(
