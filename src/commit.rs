@@ -228,18 +228,20 @@ impl Writer {
     }
 
     /// True when every precondition holds, looking first at what earlier changes of
-    /// this batch wrote, then at the store.
+    /// this batch wrote (`written` maps a key to the index of its latest op in
+    /// `ops`, so values are not copied on the hot path), then at the store.
     fn holds(
         &self,
         expect: &[Expect],
-        written: &HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+        written: &HashMap<(Table, Vec<u8>), usize>,
+        ops: &[WriteOp],
     ) -> Result<bool, StoreError> {
         for e in expect {
-            let current = match written.get(&(e.table, e.key.clone())) {
-                Some(value) => value.clone(),
-                None => self.store.get(e.table, &e.key)?,
+            let current = match written.get(&(e.table, e.key.clone())).and_then(|i| ops.get(*i)) {
+                Some(op) => op.value.as_deref() == e.value.as_deref(),
+                None => self.store.get(e.table, &e.key)? == e.value,
             };
-            if current != e.value {
+            if !current {
                 return Ok(false);
             }
         }
@@ -255,7 +257,7 @@ impl Writer {
         let mut accepted = Vec::with_capacity(jobs.len());
         let n_jobs = jobs.len() as u64;
         for mut job in jobs {
-            match self.holds(&job.change.expect, &written) {
+            match self.holds(&job.change.expect, &written, &ops) {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = job.reply.send(Err(StoreError::Conflict));
@@ -266,8 +268,8 @@ impl Writer {
                     continue;
                 }
             }
-            for op in &job.change.ops {
-                written.insert((op.table, op.key.clone()), op.value.clone());
+            for (i, op) in job.change.ops.iter().enumerate() {
+                written.insert((op.table, op.key.clone()), ops.len() + i);
             }
             ops.append(&mut job.change.ops);
             for delta in &job.change.kek {

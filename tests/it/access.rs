@@ -263,12 +263,7 @@ async fn revoked_certificates_are_refused_and_crls_reload() {
 
     // Revoke it: the next connection is refused (file change picked up, or SIGHUP).
     std::fs::write(&crl, vault.pki.ca.crl(&[777_001]).unwrap()).unwrap();
-    let pid = vault.pid().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    vault.hangup();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     refused(&vault, vault.pki.tls("doomed")).await;
     let mut fine = vault.client("checkout").await;
@@ -276,11 +271,7 @@ async fn revoked_certificates_are_refused_and_crls_reload() {
 
     // A broken CRL file is refused; the last good configuration stays.
     std::fs::write(&crl, b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    vault.hangup();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     refused(&vault, vault.pki.tls("doomed")).await;
     let mut fine = vault.client("checkout").await;

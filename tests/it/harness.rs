@@ -362,3 +362,35 @@ impl Drop for InProcess {
         let _ = self.stop.send(true);
     }
 }
+
+/// A raw HTTP/1.1 TLS stream as `name`, for tests that write bytes by hand.
+pub async fn raw_http1(vault: &TestVault, name: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = vault.pki.tls(name);
+    tls.alpn = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(tls.config().expect("client config"));
+    let tcp = tokio::net::TcpStream::connect(vault.addr).await.expect("connect");
+    let server = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(server, tcp).await.expect("handshake")
+}
+
+/// POST with an `Idempotency-Key` header.
+pub async fn post_idempotent(client: &mut Client, body: &str, key: &str) -> Reply {
+    client
+        .request_with(
+            http::Method::POST,
+            "/v1/tokens",
+            Some(body.as_bytes()),
+            &[("idempotency-key", key)],
+        )
+        .await
+        .expect("request")
+}
+
+impl TestVault {
+    /// Sends SIGHUP (reload certificates and CRLs).
+    pub fn hangup(&self) {
+        let pid = self.pid().expect("running").to_string();
+        let status = Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+        assert!(status.success());
+    }
+}

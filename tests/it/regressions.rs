@@ -11,12 +11,7 @@ use crate::harness::{card_body, contains, get, post, read_tree, TestVault, IDENT
 async fn stalled_request_body_is_cut_off_and_frees_its_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vault = TestVault::start_with(IDENTITIES, "body_timeout_ms = 500\nmax_connections = 2");
-    let mut tls = vault.pki.tls("checkout");
-    tls.alpn = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(tls.config().unwrap());
-    let tcp = tokio::net::TcpStream::connect(vault.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let mut stream = crate::harness::raw_http1(&vault, "checkout").await;
     let head = "POST /v1/tokens HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"card\":";
     stream.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
@@ -251,12 +246,7 @@ async fn a_burst_of_detokenize_misses_is_audited_as_possible_enumeration() {
 async fn slowloris_headers_are_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vault = TestVault::start_with(IDENTITIES, "header_timeout_ms = 700");
-    let mut tls = vault.pki.tls("checkout");
-    tls.alpn = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(tls.config().unwrap());
-    let tcp = tokio::net::TcpStream::connect(vault.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut slow = connector.connect(name, tcp).await.unwrap();
+    let mut slow = crate::harness::raw_http1(&vault, "checkout").await;
     let started = Instant::now();
     let mut closed = false;
     // One header byte every 200 ms: never a complete header.

@@ -5,7 +5,7 @@ use http::Method;
 use tokenvault::client::Client;
 use tokenvault::validate::luhn_valid;
 
-use crate::harness::{card_body, detokenize, fixture, get, post, InProcess, TestVault};
+use crate::harness::{card_body, detokenize, fixture, get, post, post_idempotent, InProcess, TestVault};
 
 const TWO_TENANTS: &[(&str, &str, &str, &str)] = &[
     (
@@ -209,36 +209,12 @@ async fn idempotency_keys_replay_conflict_and_survive_restart() {
     let mut vault = TestVault::start_with(TWO_TENANTS, "");
     let body = customer_card("4111111111111111", "cus_idem");
     let mut eu = vault.client("checkout_eu").await;
-    let first = eu
-        .request_with(
-            Method::POST,
-            "/v1/tokens",
-            Some(body.as_bytes()),
-            &[("idempotency-key", "order-1")],
-        )
-        .await
-        .unwrap();
-    let retry = eu
-        .request_with(
-            Method::POST,
-            "/v1/tokens",
-            Some(body.as_bytes()),
-            &[("idempotency-key", "order-1")],
-        )
-        .await
-        .unwrap();
+    let first = post_idempotent(&mut eu, &body, "order-1").await;
+    let retry = post_idempotent(&mut eu, &body, "order-1").await;
     assert_eq!(first.status, 201);
     assert_eq!((retry.status, retry.json()), (201, first.json()));
     let other = customer_card("4012888888881881", "cus_idem");
-    let conflict = eu
-        .request_with(
-            Method::POST,
-            "/v1/tokens",
-            Some(other.as_bytes()),
-            &[("idempotency-key", "order-1")],
-        )
-        .await
-        .unwrap();
+    let conflict = post_idempotent(&mut eu, &other, "order-1").await;
     assert_eq!(
         (conflict.status, conflict.json()["type"].as_str()),
         (409, Some("idempotency_key_reused"))
@@ -252,14 +228,7 @@ async fn idempotency_keys_replay_conflict_and_survive_restart() {
         let body = customer_card("5555555555554444", "cus_many");
         tasks.push(tokio::spawn(async move {
             let mut c = Client::connect(addr, tls.config().unwrap()).await.unwrap();
-            c.request_with(
-                Method::POST,
-                "/v1/tokens",
-                Some(body.as_bytes()),
-                &[("idempotency-key", "order-50")],
-            )
-            .await
-            .unwrap()
+            post_idempotent(&mut c, &body, "order-50").await
         }));
     }
     let mut tokens = std::collections::HashSet::new();
@@ -274,29 +243,13 @@ async fn idempotency_keys_replay_conflict_and_survive_restart() {
 
     // The same key from another tenant's identity is another key.
     let mut us = vault.client("checkout_us").await;
-    let theirs = us
-        .request_with(
-            Method::POST,
-            "/v1/tokens",
-            Some(body.as_bytes()),
-            &[("idempotency-key", "order-1")],
-        )
-        .await
-        .unwrap();
+    let theirs = post_idempotent(&mut us, &body, "order-1").await;
     assert_eq!(theirs.status, 201);
     assert_ne!(token_of(&theirs), token_of(&first));
 
     vault.restart_after_kill();
     let mut eu = vault.client("checkout_eu").await;
-    let after = eu
-        .request_with(
-            Method::POST,
-            "/v1/tokens",
-            Some(body.as_bytes()),
-            &[("idempotency-key", "order-1")],
-        )
-        .await
-        .unwrap();
+    let after = post_idempotent(&mut eu, &body, "order-1").await;
     assert_eq!((after.status, after.json()), (201, first.json()));
 }
 
