@@ -6,7 +6,14 @@
 //! `cargo bench --bench load` — settings by environment: TV_LOAD_SECONDS (5),
 //! TV_LOAD_CLIENTS (64), TV_LOAD_CONNECTIONS (4; HTTP/2 streams are spread over
 //! them), TV_LOAD_HTTP1=1 (one HTTP/1.1 keep-alive connection per client),
-//! TV_LOAD_JSON (where to write the JSON report, default target/load.json).
+//! TV_LOAD_JSON (where to write the JSON report, default target/load.json),
+//! TV_LOAD_PREFILL (records stored through batches before the phases, untimed,
+//! so the vault is measured in steady state; default 200000),
+//! TV_LOAD_PHASES (comma list, default hello,tokenize,detokenize,mixed,batch),
+//! TV_LOAD_HALF (1: after the closed-loop tokenize and detokenize phases, run each
+//! again paced at half the measured peak, for p99 at half load; 0 skips this),
+//! TV_LOAD_PERF=1 or dwarf (`perf record` on the daemon during each phase, call
+//! graphs from frame pointers or DWARF, written to target/perf-PHASE.data).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -66,14 +73,39 @@ fn start() -> Daemon {
     }
 }
 
-/// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// User + system CPU seconds in a `/proc/.../stat` file.
+fn stat_seconds(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU seconds per thread group of the daemon: the tokio workers, the commit
+/// writer, RocksDB's background threads, and the rest, keyed by thread name.
+fn thread_seconds(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in dir.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let group = match name.trim() {
+            n if n.starts_with("tokio-r") => "tokio workers",
+            n if n.starts_with("tokenvault-comm") => "commit writer",
+            n if n.starts_with("rocksdb") => "rocksdb background",
+            _ => "other",
+        };
+        *out.entry(group.to_owned()).or_insert(0.0) += stat_seconds(&task.path().join("stat"));
+    }
+    out
 }
 
 fn pan(i: u64) -> String {
@@ -104,7 +136,12 @@ impl Phase {
 }
 
 struct Report {
-    phase: &'static str,
+    phase: String,
+    /// Daemon CPU µs per operation by thread group.
+    threads: Vec<(String, f64)>,
+    fsyncs_per_second: f64,
+    /// Commit requests (one per HTTP request that writes) covered by one synced write.
+    requests_per_fsync: f64,
     ops: u64,
     errors: u64,
     seconds: f64,
@@ -143,9 +180,60 @@ async fn clients(daemon: &Daemon, name: &str, n: usize, connections: usize, http
     out
 }
 
+/// Starts `perf record` on the daemon for the phase when TV_LOAD_PERF=1.
+fn perf(pid: u32, label: &str, seconds: u64) -> Option<Child> {
+    let graph = match std::env::var("TV_LOAD_PERF").as_deref() {
+        Ok("1") => "fp",
+        Ok("dwarf") => "dwarf",
+        _ => return None,
+    };
+    let out = format!("target/perf-{label}.data");
+    Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "499",
+            "--call-graph",
+            graph,
+            "-q",
+            "-o",
+            &out,
+            "-p",
+            &pid.to_string(),
+        ])
+        .args(["--", "sleep"])
+        .arg(seconds.saturating_sub(1).max(1).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// The commit writer's counters from `/metrics`: (synced batches, requests).
+async fn commit_counters(client: &mut Client) -> (f64, f64) {
+    let Ok(reply) = client.request(Method::GET, "/metrics", None).await else {
+        return (0.0, 0.0);
+    };
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (value("tokenvault_commit_batches"), value("tokenvault_commit_requests"))
+}
+
+/// One run of a phase: closed loop (`rate: None`, every client sends its next
+/// request when the last one is answered) or paced at `rate` requests per second
+/// in total, where latency counts from when a request was due, not when it was
+/// sent, so a stall is not hidden (no coordinated omission).
+#[allow(clippy::too_many_arguments)]
 async fn run_phase(
     daemon: &Daemon,
     phase: Phase,
+    rate: Option<f64>,
     seconds: u64,
     checkout: Vec<Client>,
     gateway: Vec<Client>,
@@ -153,9 +241,21 @@ async fn run_phase(
     counter: Arc<AtomicU64>,
 ) -> (Report, Vec<String>) {
     let pid = daemon.child.id();
+    let label = match rate {
+        Some(_) => format!("{}@half", phase.name()),
+        None => phase.name().to_owned(),
+    };
+    let mut probe = checkout.first().and_then(|c| c.share());
+    let commits_before = match probe.as_mut() {
+        Some(c) => commit_counters(c).await,
+        None => (0.0, 0.0),
+    };
+    let mut recorder = perf(pid, &label, seconds);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let cpu_before = cpu_seconds(pid);
+    let threads_before = thread_seconds(pid);
     let started = Instant::now();
+    let clients = checkout.len();
     let mut tasks = Vec::new();
     for (i, (mut c, mut g)) in checkout.into_iter().zip(gateway).enumerate() {
         let tokens = tokens.clone();
@@ -165,6 +265,8 @@ async fn run_phase(
             let (mut ops, mut errors) = (0u64, 0u64);
             let mut created = Vec::new();
             let mut k = i as u64;
+            let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+            let mut due = started + period.map(|p| p.mul_f64(i as f64 / clients as f64)).unwrap_or_default();
             while Instant::now() < deadline {
                 k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let detok = match phase {
@@ -172,7 +274,15 @@ async fn run_phase(
                     Phase::Mixed => k % 10 < 8,
                     _ => false,
                 };
-                let t = Instant::now();
+                let t = match period {
+                    Some(p) => {
+                        tokio::time::sleep_until(due.into()).await;
+                        let t = due;
+                        due += p;
+                        t
+                    }
+                    None => Instant::now(),
+                };
                 let (result, n) = if phase == Phase::Hello {
                     (c.request(Method::GET, "/healthz", None).await, 1)
                 } else if detok && !tokens.is_empty() {
@@ -229,6 +339,27 @@ async fn run_phase(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
+    let threads_after = thread_seconds(pid);
+    let threads = threads_after
+        .iter()
+        .map(|(name, after)| {
+            let spent = after - threads_before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), if ops > 0 { spent * 1e6 / ops as f64 } else { 0.0 })
+        })
+        .collect();
+    if let Some(r) = recorder.as_mut() {
+        let _ = r.wait();
+    }
+    let commits_after = match probe.as_mut() {
+        Some(c) => commit_counters(c).await,
+        None => (0.0, 0.0),
+    };
+    let batches = commits_after.0 - commits_before.0;
+    let per_fsync = if batches > 0.0 {
+        (commits_after.1 - commits_before.1) / batches
+    } else {
+        0.0
+    };
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -237,7 +368,10 @@ async fn run_phase(
             .unwrap_or(0)
     };
     let report = Report {
-        phase: phase.name(),
+        phase: label,
+        threads,
+        fsyncs_per_second: batches / elapsed,
+        requests_per_fsync: per_fsync,
         ops,
         errors,
         seconds: elapsed,
@@ -249,55 +383,149 @@ async fn run_phase(
     (report, created)
 }
 
+/// Fills the vault with `records` cards through batch requests, untimed, so that
+/// the phases measure a vault in steady state (memtables flushed, write-ahead log
+/// files recycled, records on disk) rather than an empty one.
+async fn prefill(daemon: &Daemon, records: u64, counter: Arc<AtomicU64>) {
+    if records == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let workers = 8;
+    for mut c in clients(daemon, "checkout", workers, 2, false).await {
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            while counter.load(Ordering::Relaxed) < records {
+                let items: Vec<String> = (0..500)
+                    .map(|_| {
+                        format!(
+                            r#"{{"card":{{"number":"{}","exp_month":12,"exp_year":2031}}}}"#,
+                            pan(counter.fetch_add(1, Ordering::Relaxed))
+                        )
+                    })
+                    .collect();
+                let body = format!(r#"{{"items":[{}]}}"#, items.join(","));
+                let reply = c.request(Method::POST, "/v1/tokens/batch", Some(body.as_bytes())).await;
+                assert!(matches!(reply, Ok(ref r) if r.status == 200), "prefill failed");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "prefilled {} records in {:.1} s",
+        counter.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn parse_phase(name: &str) -> Option<Phase> {
+    [
+        Phase::Hello,
+        Phase::Tokenize,
+        Phase::Detokenize,
+        Phase::Mixed,
+        Phase::Batch,
+    ]
+    .into_iter()
+    .find(|p| p.name() == name.trim())
+}
+
 #[tokio::main]
 async fn main() {
     let seconds = env("TV_LOAD_SECONDS", 5);
     let n = env("TV_LOAD_CLIENTS", 64) as usize;
     let connections = env("TV_LOAD_CONNECTIONS", 4) as usize;
     let http1 = env("TV_LOAD_HTTP1", 0) == 1;
+    let half = env("TV_LOAD_HALF", 1) == 1;
+    let mut phases: Vec<Phase> = std::env::var("TV_LOAD_PHASES")
+        .map(|list| list.split(',').filter_map(parse_phase).collect())
+        .unwrap_or_else(|_| {
+            vec![
+                Phase::Hello,
+                Phase::Tokenize,
+                Phase::Detokenize,
+                Phase::Mixed,
+                Phase::Batch,
+            ]
+        });
+    // Detokenizing needs tokens: tokenize first when a phase reads them.
+    if phases.iter().any(|p| matches!(p, Phase::Detokenize | Phase::Mixed)) && !phases.contains(&Phase::Tokenize) {
+        phases.insert(0, Phase::Tokenize);
+    }
+    // Reports go under ./target (created if the build directory is elsewhere).
+    let _ = std::fs::create_dir_all("target");
     let daemon = start();
     let counter = Arc::new(AtomicU64::new(1));
+    prefill(&daemon, env("TV_LOAD_PREFILL", 200_000), counter.clone()).await;
     let mut tokens = Arc::new(Vec::new());
     let mut reports = Vec::new();
-    for phase in [
-        Phase::Hello,
-        Phase::Tokenize,
-        Phase::Detokenize,
-        Phase::Mixed,
-        Phase::Batch,
-    ] {
-        let checkout = clients(&daemon, "checkout", n, connections, http1).await;
-        let gateway = clients(&daemon, "gateway", n, connections, http1).await;
-        let (report, created) = run_phase(
-            &daemon,
-            phase,
-            seconds,
-            checkout,
-            gateway,
-            tokens.clone(),
-            counter.clone(),
-        )
-        .await;
-        if phase == Phase::Tokenize {
-            tokens = Arc::new(created);
+    for phase in phases {
+        let mut rate = None;
+        // Closed loop finds the peak; then tokenize and detokenize run again, paced
+        // at half of it, for the latency a half-loaded vault gives.
+        loop {
+            let checkout = clients(&daemon, "checkout", n, connections, http1).await;
+            let gateway = clients(&daemon, "gateway", n, connections, http1).await;
+            let (report, created) = run_phase(
+                &daemon,
+                phase,
+                rate,
+                seconds,
+                checkout,
+                gateway,
+                tokens.clone(),
+                counter.clone(),
+            )
+            .await;
+            if phase == Phase::Tokenize && rate.is_none() {
+                tokens = Arc::new(created);
+            }
+            let peak = report.ops as f64 / report.seconds;
+            reports.push(report);
+            if rate.is_some() || !half || !matches!(phase, Phase::Tokenize | Phase::Detokenize) {
+                break;
+            }
+            rate = Some(peak / 2.0);
         }
-        reports.push(report);
     }
     let protocol = if http1 { "HTTP/1.1 keep-alive" } else { "HTTP/2" };
     println!("\n{protocol}, {n} clients, {seconds} s per phase, daemon and load generator on one host");
     println!(
-        "{:<11} {:>10} {:>8} {:>9} {:>9} {:>9} {:>13}",
+        "{:<16} {:>10} {:>8} {:>9} {:>9} {:>9} {:>13}",
         "phase", "ops/s", "errors", "p50 µs", "p99 µs", "p999 µs", "CPU µs/op"
     );
     let mut json = Vec::new();
     for r in &reports {
         let rate = r.ops as f64 / r.seconds;
         println!(
-            "{:<11} {:>10.0} {:>8} {:>9} {:>9} {:>9} {:>13.1}",
+            "{:<16} {:>10.0} {:>8} {:>9} {:>9} {:>9} {:>13.1}",
             r.phase, rate, r.errors, r.p50_us, r.p99_us, r.p999_us, r.cpu_us_per_op
         );
-        json.push(serde_json::json!({"phase": r.phase, "ops_per_second": rate, "errors": r.errors, "p50_us": r.p50_us,
-            "p99_us": r.p99_us, "p999_us": r.p999_us, "daemon_cpu_us_per_op": r.cpu_us_per_op, "ops": r.ops, "seconds": r.seconds}));
+        let threads: serde_json::Map<String, serde_json::Value> = r
+            .threads
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        json.push(
+            serde_json::json!({"phase": r.phase, "ops_per_second": rate, "errors": r.errors, "p50_us": r.p50_us,
+            "p99_us": r.p99_us, "p999_us": r.p999_us, "daemon_cpu_us_per_op": r.cpu_us_per_op,
+            "daemon_cpu_us_per_op_by_thread": threads, "fsyncs_per_second": r.fsyncs_per_second,
+            "requests_per_fsync": r.requests_per_fsync, "ops": r.ops, "seconds": r.seconds}),
+        );
+    }
+    println!("\ndaemon CPU µs per operation by thread, and group commit");
+    for r in &reports {
+        let parts: Vec<String> = r.threads.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+        println!(
+            "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write",
+            r.phase,
+            parts.join(", "),
+            r.fsyncs_per_second,
+            r.requests_per_fsync
+        );
     }
     let path = std::env::var("TV_LOAD_JSON").unwrap_or_else(|_| "target/load.json".to_owned());
     let doc = serde_json::json!({"protocol": protocol, "clients": n, "seconds_per_phase": seconds, "phases": json});

@@ -98,24 +98,52 @@ pub fn seq_key(seq: u64) -> Vec<u8> {
     seq.to_be_bytes().to_vec()
 }
 
+/// The canonical body, borrowed from the event: what `chain` serializes. Its fields
+/// and their order are exactly those of `EntryBody`, which the verifier rebuilds.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    seq: u64,
+    time: &'a str,
+    identity: &'a str,
+    action: &'a str,
+    tenant: Option<&'a str>,
+    token: Option<&'a str>,
+    outcome: &'a str,
+    request_id: Option<&'a str>,
+    key_version: Option<u32>,
+}
+
 /// Places `event` after `head`, returning the stored bytes and the new head.
-pub fn chain(key: &KeyBytes, head: ChainHead, event: &AuditEvent, time: String) -> (Vec<u8>, ChainHead) {
-    let body = EntryBody {
-        seq: head.seq + 1,
+///
+/// The body is serialized once: the stored entry is the canonical body with the
+/// MAC appended as its last field, byte for byte what serializing `AuditEntry`
+/// gives (a unit test holds the two together).
+pub fn chain(key: &KeyBytes, head: ChainHead, event: &AuditEvent, time: &str) -> (Vec<u8>, ChainHead) {
+    let seq = head.seq + 1;
+    let body = BodyRef {
+        seq,
         time,
-        identity: event.identity.clone(),
-        action: event.action.to_owned(),
-        tenant: event.tenant.clone(),
-        token: event.token.clone(),
-        outcome: event.outcome.to_owned(),
-        request_id: event.request_id.clone(),
+        identity: &event.identity,
+        action: event.action,
+        tenant: event.tenant.as_deref(),
+        token: event.token.as_deref(),
+        outcome: event.outcome,
+        request_id: event.request_id.as_deref(),
         key_version: event.key_version,
     };
-    let canonical = serde_json::to_vec(&body).unwrap_or_default();
-    let mac = audit_mac(key, &head.mac, &canonical);
-    let entry = AuditEntry { body, mac: hex(&mac) };
-    let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-    (bytes, ChainHead { seq: head.seq + 1, mac })
+    let mut bytes = Vec::with_capacity(256);
+    if serde_json::to_writer(&mut bytes, &body).is_err() {
+        bytes.clear();
+    }
+    let mac = audit_mac(key, &head.mac, &bytes);
+    // `{...}` becomes `{...,"mac":"<hex>"}`.
+    if bytes.last() == Some(&b'}') {
+        bytes.pop();
+        bytes.extend_from_slice(b",\"mac\":\"");
+        bytes.extend_from_slice(hex(&mac).as_bytes());
+        bytes.extend_from_slice(b"\"}");
+    }
+    (bytes, ChainHead { seq, mac })
 }
 
 /// Reads the chain head back from a stored last entry.
@@ -238,7 +266,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..n {
             let event = AuditEvent::new("gateway", "detokenize", "ok").token(&format!("tok_{i}"));
-            let (bytes, next) = chain(key, head, &event, "2026-12-03T00:00:00Z".into());
+            let (bytes, next) = chain(key, head, &event, "2026-12-03T00:00:00Z");
             out.push((seq_key(next.seq), bytes));
             head = next;
         }
@@ -253,6 +281,26 @@ mod tests {
             }
         }
         v.finish()
+    }
+
+    #[test]
+    fn stored_entry_is_the_serde_form_of_audit_entry() {
+        let key = KeyBytes::new([3; 32]);
+        let event = AuditEvent::new("checkout \"eu\"", "tokenize", "ok")
+            .tenant("acme")
+            .token("tok_x")
+            .request_id("r1")
+            .key_version(2);
+        let (bytes, head) = chain(&key, ChainHead::GENESIS, &event, "2026-12-03T00:00:00Z");
+        let parsed: AuditEntry = serde_json::from_slice(&bytes).unwrap_or_else(|_| unreachable!("parses"));
+        assert_eq!(serde_json::to_vec(&parsed).ok(), Some(bytes.clone()));
+        assert_eq!(parsed.body.seq, 1);
+        assert_eq!(parsed.body.identity, "checkout \"eu\"");
+        assert_eq!(parsed.mac, hex(&head.mac));
+        let bare = AuditEvent::new("gateway", "detokenize", "not_found");
+        let (bytes, _) = chain(&key, head, &bare, "2026-12-03T00:00:01Z");
+        let parsed: AuditEntry = serde_json::from_slice(&bytes).unwrap_or_else(|_| unreachable!("parses"));
+        assert_eq!(serde_json::to_vec(&parsed).ok(), Some(bytes));
     }
 
     #[test]

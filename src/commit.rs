@@ -22,6 +22,8 @@ use crate::store::{Store, StoreError, Table, WriteOp};
 /// How many queued requests one synced write may cover.
 const MAX_JOBS_PER_BATCH: usize = 2048;
 const QUEUE: usize = 8192;
+/// With at least this many requests queued the writer writes at once.
+const ENOUGH_TO_WRITE: usize = 16;
 
 /// A precondition: `key` in `table` must currently hold `value` (`None`: absent).
 #[derive(Debug, Clone)]
@@ -131,6 +133,37 @@ impl KekCounts {
     }
 }
 
+/// The ops of the batch being built, indexed by (table, key) hash: each hash maps
+/// to the positions in `ops` of the ops with that hash, the latest last, and a
+/// lookup compares the real keys. SipHash with a random key, as in `HashMap`, so
+/// keys a client chooses (customers, idempotency keys) cannot force collisions.
+#[derive(Default)]
+struct Written {
+    hasher: std::collections::hash_map::RandomState,
+    at: HashMap<u64, Vec<usize>>,
+}
+
+impl Written {
+    fn hash(&self, table: Table, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((table, key))
+    }
+
+    fn note(&mut self, op: &WriteOp, index: usize) {
+        let hash = self.hash(op.table, &op.key);
+        self.at.entry(hash).or_default().push(index);
+    }
+
+    fn latest<'o>(&self, table: Table, key: &[u8], ops: &'o [WriteOp]) -> Option<&'o WriteOp> {
+        self.at
+            .get(&self.hash(table, key))?
+            .iter()
+            .rev()
+            .filter_map(|i| ops.get(*i))
+            .find(|op| op.table == table && op.key == key)
+    }
+}
+
 struct Job {
     change: Change,
     reply: oneshot::Sender<Result<(), StoreError>>,
@@ -153,10 +186,13 @@ pub struct Committer {
 impl Committer {
     /// Starts the writer thread, reading the audit chain head from the store's last
     /// entry (no scan).
+    /// `window`: how long the writer, woken by a lone request, waits for others
+    /// to share its fsync (zero: never).
     pub fn start(
         store: Arc<dyn Store>,
         audit_key: KeyBytes,
         clock: Arc<dyn Clock>,
+        window: std::time::Duration,
     ) -> Result<(Committer, JoinHandle<()>), StoreError> {
         let head = match store.last(Table::Audit)? {
             Some((_, bytes)) => {
@@ -175,6 +211,7 @@ impl Committer {
             head,
             stats: stats.clone(),
             counts: counts.clone(),
+            window,
         };
         let handle = std::thread::Builder::new()
             .name("tokenvault-commit".into())
@@ -211,33 +248,47 @@ struct Writer {
     head: ChainHead,
     stats: Arc<CommitStats>,
     counts: Arc<KekCounts>,
+    window: std::time::Duration,
+}
+
+/// Moves queued jobs into `jobs`, up to the batch limit.
+fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < MAX_JOBS_PER_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let (mut last_write, mut last_jobs) = (std::time::Instant::now(), 0);
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
-            while jobs.len() < MAX_JOBS_PER_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+            gather(&mut rx, &mut jobs);
+            // Every synced write costs the same fixed kernel and device time
+            // whatever it carries. When requests are arriving concurrently (the
+            // last write, moments ago, carried several) but few are queued now,
+            // waiting a moment lets one fsync cover several requests instead of
+            // one or two. A lone caller, or one after a quiet spell, never waits.
+            let concurrent = last_jobs > 1 && last_write.elapsed() < self.window.saturating_mul(4);
+            if concurrent && jobs.len() < ENOUGH_TO_WRITE && !self.window.is_zero() {
+                std::thread::sleep(self.window);
+                gather(&mut rx, &mut jobs);
             }
+            last_jobs = jobs.len();
             self.write(jobs);
+            last_write = std::time::Instant::now();
         }
     }
 
     /// True when every precondition holds, looking first at what earlier changes of
-    /// this batch wrote (`written` maps a key to the index of its latest op in
-    /// `ops`, so values are not copied on the hot path), then at the store.
-    fn holds(
-        &self,
-        expect: &[Expect],
-        written: &HashMap<(Table, Vec<u8>), usize>,
-        ops: &[WriteOp],
-    ) -> Result<bool, StoreError> {
+    /// this batch wrote (`written` finds the latest op on a key without copying
+    /// keys or values), then at the store.
+    fn holds(&self, expect: &[Expect], written: &Written, ops: &[WriteOp]) -> Result<bool, StoreError> {
         for e in expect {
-            let current = match written.get(&(e.table, e.key.clone())).and_then(|i| ops.get(*i)) {
+            let current = match written.latest(e.table, &e.key, ops) {
                 Some(op) => op.value.as_deref() == e.value.as_deref(),
                 None => self.store.get(e.table, &e.key)? == e.value,
             };
@@ -252,7 +303,7 @@ impl Writer {
         let mut head = self.head;
         let time = rfc3339(self.clock.now());
         let mut ops = Vec::with_capacity(jobs.iter().map(|j| j.change.ops.len() + j.change.events.len()).sum());
-        let mut written = HashMap::new();
+        let mut written = Written::default();
         let mut counts = std::collections::BTreeMap::new();
         let mut accepted = Vec::with_capacity(jobs.len());
         let n_jobs = jobs.len() as u64;
@@ -269,7 +320,7 @@ impl Writer {
                 }
             }
             for (i, op) in job.change.ops.iter().enumerate() {
-                written.insert((op.table, op.key.clone()), ops.len() + i);
+                written.note(op, ops.len() + i);
             }
             ops.append(&mut job.change.ops);
             for delta in &job.change.kek {
@@ -280,7 +331,7 @@ impl Writer {
                 count.wraps += delta.wraps;
             }
             for event in &job.change.events {
-                let (bytes, next) = chain(&self.audit_key, head, event, time.clone());
+                let (bytes, next) = chain(&self.audit_key, head, event, &time);
                 ops.push(WriteOp::put(Table::Audit, seq_key(next.seq), bytes));
                 head = next;
             }
@@ -320,8 +371,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_chain_in_order() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let Ok((committer, _thread)) = Committer::start(store.clone(), KeyBytes::new([4; 32]), Arc::new(SystemClock))
-        else {
+        let Ok((committer, _thread)) = Committer::start(
+            store.clone(),
+            KeyBytes::new([4; 32]),
+            Arc::new(SystemClock),
+            std::time::Duration::from_micros(100),
+        ) else {
             unreachable!("start")
         };
         let committer = Arc::new(committer);

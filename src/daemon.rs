@@ -83,7 +83,12 @@ pub async fn run_with(
     let clock = options.clock;
     // The commit writer keeps its own copy of the audit key (a named, greppable step).
     let audit_key = KeyBytes::new(*keyring.audit_key().expose_secret());
-    let (committer, writer) = Committer::start(store.clone(), audit_key, clock.clone())?;
+    let (committer, writer) = Committer::start(
+        store.clone(),
+        audit_key,
+        clock.clone(),
+        Duration::from_micros(config.limits.commit_window_us),
+    )?;
     let key_version = keyring.active_version();
     let settings = VaultSettings {
         cvc_ttl: config.limits.cvc_ttl(),
@@ -93,7 +98,7 @@ pub async fn run_with(
         }),
         max_wraps_per_key: config.limits.max_wraps_per_key,
     };
-    let vault = Arc::new(Vault::new(keyring, store, committer, clock, settings));
+    let vault = Arc::new(Vault::new(keyring, store.clone(), committer, clock, settings));
     vault
         .audit(AuditEvent::new(SYSTEM, "start", "ok").key_version(key_version))
         .await
@@ -148,6 +153,10 @@ pub async fn run_with(
         tracing::error!(error = %e, "the stop could not be audited");
     }
     drop(vault);
+    // Memtables to table files: the next start then replays no write-ahead log.
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "the store could not be flushed; the next start replays its log");
+    }
     // The writer exits when the last handle to the vault is gone (connections were
     // closed above; the background tasks stop on the same signal).
     let _ = tokio::task::spawn_blocking(move || {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::problem::ApiError;
@@ -12,7 +12,8 @@ use super::{body, views, Ctx};
 use crate::auth::{authorize_single, Detokenize, Tokenize, Update};
 use crate::validate::{Code, ValidationError};
 use crate::vault::input::{TokenList, TokenizeRequest};
-use crate::vault::{BatchItem, IdempotencyKey, Lookup, PatchRequest, Prepared, Tokenized, VaultError};
+use crate::vault::record::Metadata;
+use crate::vault::{BatchItem, IdempotencyKey, Lookup, PatchRequest, Prepared, VaultError};
 
 /// How often a tokenize is retried after a conflict (a drawn token or the
 /// idempotency key taken meanwhile).
@@ -39,8 +40,17 @@ fn too_many(field: &str) -> ApiError {
     ))
 }
 
-fn meta_json(t: &Tokenized) -> serde_json::Value {
-    serde_json::to_value(&t.meta).unwrap_or_default()
+/// One result of a tokenize batch: the token's metadata, or a problem document.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchResult<'a> {
+    Token(&'a Metadata),
+    Error { error: serde_json::Value },
+}
+
+#[derive(Serialize)]
+struct BatchResults<'a> {
+    results: Vec<BatchResult<'a>>,
 }
 
 /// Runs prepare → render → commit, retrying on conflicts, with the idempotency
@@ -49,7 +59,7 @@ async fn with_idempotency(
     ctx: &Ctx<'_>,
     key: Option<&IdempotencyKey>,
     prepare: impl Fn() -> Result<Prepared, VaultError>,
-    render: impl Fn(&Prepared) -> (StatusCode, serde_json::Value),
+    render: impl Fn(&Prepared) -> (StatusCode, Vec<u8>),
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let vault = &ctx.state.vault;
     for _ in 0..ATTEMPTS {
@@ -57,7 +67,11 @@ async fn with_idempotency(
             Some(key) => match vault.idempotency_lookup(key)? {
                 Lookup::Replay { status, body } => {
                     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                    return Ok(views::json(status, &body, ctx.request_id));
+                    return Ok(views::json_bytes(
+                        status,
+                        body.get().as_bytes().to_vec(),
+                        ctx.request_id,
+                    ));
                 }
                 Lookup::Fresh(expect) => Some(expect),
             },
@@ -65,11 +79,13 @@ async fn with_idempotency(
         };
         let prepared = prepare()?;
         let (status, body) = render(&prepared);
-        let idempotency = key.zip(expect).map(|(k, e)| (k, e, status.as_u16(), body.clone()));
+        let idempotency = key.zip(expect).map(|(k, e)| (k, e, status.as_u16(), body.as_slice()));
         match vault.commit_prepared(prepared, idempotency).await {
-            Ok(_) => {
-                count_tokenized(ctx, &body);
-                return Ok(views::json(status, &body, ctx.request_id));
+            Ok(outcomes) => {
+                for t in outcomes.iter().flatten() {
+                    ctx.state.metrics.count_tenant_op(&t.meta.tenant, "tokenize");
+                }
+                return Ok(views::json_bytes(status, body, ctx.request_id));
             }
             Err(VaultError::Conflict) => continue,
             Err(e) => return Err(e.into()),
@@ -88,20 +104,6 @@ async fn json_body(
     body::require_json(&parts.headers)?;
     let raw = body::read_body(&parts.headers, body, limit, ctx.state.limits.body_timeout()).await?;
     Ok((parts, raw))
-}
-
-/// Counts the records a tokenize response reports, per tenant.
-fn count_tokenized(ctx: &Ctx<'_>, body: &serde_json::Value) {
-    let single = std::slice::from_ref(body);
-    let items = body
-        .get("results")
-        .and_then(|r| r.as_array())
-        .map_or(single, Vec::as_slice);
-    for item in items {
-        if let Some(tenant) = item.get("tenant").and_then(|t| t.as_str()) {
-            ctx.state.metrics.count_tenant_op(tenant, "tokenize");
-        }
-    }
 }
 
 pub(super) async fn tokenize(
@@ -125,9 +127,9 @@ pub(super) async fn tokenize(
         |prepared| match prepared.outcomes.first() {
             Some(Ok(t)) => (
                 if t.created { StatusCode::CREATED } else { StatusCode::OK },
-                meta_json(t),
+                serde_json::to_vec(&t.meta).unwrap_or_default(),
             ),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, serde_json::Value::Null),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, b"null".to_vec()),
         },
     )
     .await
@@ -171,18 +173,25 @@ pub(super) async fn tokenize_batch(
     };
     let render = |prepared: &Prepared| {
         let mut outcomes = prepared.outcomes.iter();
-        let results: Vec<serde_json::Value> = decoded
+        let results = decoded
             .iter()
             .map(|d| match d {
-                Err(e) => serde_json::json!({ "error": e.to_problem(request_id) }),
+                Err(e) => BatchResult::Error {
+                    error: e.to_problem(request_id),
+                },
                 Ok(_) => match outcomes.next() {
-                    Some(Ok(t)) => meta_json(t),
-                    Some(Err(e)) => serde_json::json!({ "error": ApiError::from_ref(e).to_problem(request_id) }),
-                    None => serde_json::json!({ "error": ApiError::Internal.to_problem(request_id) }),
+                    Some(Ok(t)) => BatchResult::Token(&t.meta),
+                    Some(Err(e)) => BatchResult::Error {
+                        error: ApiError::from_ref(e).to_problem(request_id),
+                    },
+                    None => BatchResult::Error {
+                        error: ApiError::Internal.to_problem(request_id),
+                    },
                 },
             })
             .collect();
-        (StatusCode::OK, serde_json::json!({ "results": results }))
+        let body = serde_json::to_vec(&BatchResults { results }).unwrap_or_default();
+        (StatusCode::OK, body)
     };
     with_idempotency(ctx, key.as_ref(), prepare, render).await
 }

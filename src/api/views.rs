@@ -18,6 +18,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T, request_id: &str) -> Re
     respond(status, Bytes::from(body), request_id)
 }
 
+/// A JSON response from bytes already rendered.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response<Full<Bytes>> {
+    respond(status, Bytes::from(body), request_id)
+}
+
 fn respond(status: StatusCode, body: Bytes, request_id: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;

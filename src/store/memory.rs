@@ -61,6 +61,10 @@ impl Store for MemoryStore {
         Vec::new()
     }
 
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .lock()?

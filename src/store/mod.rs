@@ -108,6 +108,10 @@ pub trait Store: Send + Sync + 'static {
     /// while serving.
     fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StoreError>;
 
+    /// Writes the memtables to table files, so that the next start has no
+    /// write-ahead log to replay (called on a graceful stop).
+    fn flush(&self) -> Result<(), StoreError>;
+
     /// Engine figures for metrics: (name, value).
     fn properties(&self) -> Vec<(&'static str, u64)>;
 }

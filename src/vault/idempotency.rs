@@ -26,7 +26,8 @@ pub struct IdempotencyKey {
 struct StoredResponse {
     request_mac: String,
     status: u16,
-    body: serde_json::Value,
+    /// The response body exactly as first sent (JSON).
+    body: Box<serde_json::value::RawValue>,
     created_unix: i64,
 }
 
@@ -35,7 +36,10 @@ pub enum Lookup {
     /// Nothing live: go ahead; the precondition makes the write exclusive.
     Fresh(Expect),
     /// The first response to this key and body.
-    Replay { status: u16, body: serde_json::Value },
+    Replay {
+        status: u16,
+        body: Box<serde_json::value::RawValue>,
+    },
 }
 
 impl Vault {
@@ -94,8 +98,14 @@ impl Vault {
     }
 
     /// The writes that record the first response to `key`.
-    pub(super) fn idempotency_ops(&self, key: &IdempotencyKey, status: u16, body: serde_json::Value) -> Vec<WriteOp> {
+    pub(super) fn idempotency_ops(&self, key: &IdempotencyKey, status: u16, body: &[u8]) -> Vec<WriteOp> {
         let created_unix = self.now_unix();
+        // The body is JSON this process rendered; anything else is stored as null.
+        let body = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| serde_json::value::RawValue::from_string(text.to_owned()).ok())
+            .or_else(|| serde_json::value::RawValue::from_string("null".to_owned()).ok())
+            .unwrap_or_default();
         let stored = StoredResponse {
             request_mac: key.request_mac.clone(),
             status,

@@ -217,7 +217,7 @@ impl Vault {
     pub async fn commit_prepared(
         &self,
         mut prepared: Prepared,
-        idempotency: Option<(&IdempotencyKey, Expect, u16, serde_json::Value)>,
+        idempotency: Option<(&IdempotencyKey, Expect, u16, &[u8])>,
     ) -> Result<Vec<Result<Tokenized, VaultError>>, VaultError> {
         if let Some((key, expect, status, body)) = idempotency {
             prepared.change.ops.extend(self.idempotency_ops(key, status, body));
