@@ -23,7 +23,7 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), Histogram>>,
-    tenant_ops: Mutex<BTreeMap<(String, &'static str), u64>>,
+    tenant_ops: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     active_connections: AtomicI64,
 }
@@ -48,7 +48,14 @@ impl Metrics {
 
     /// Counts a successful tokenize or detokenize in a (configured) tenant.
     pub fn count_tenant_op(&self, tenant: &str, op: &'static str) {
-        *lock(&self.tenant_ops).entry((tenant.to_owned(), op)).or_default() += 1;
+        let mut map = lock(&self.tenant_ops);
+        // The tenant's label is allocated once, not on every request.
+        match map.get_mut(tenant) {
+            Some(counts) => *counts.entry(op).or_default() += 1,
+            None => {
+                map.entry(tenant.to_owned()).or_default().insert(op, 1);
+            }
+        }
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {
@@ -102,11 +109,13 @@ impl Metrics {
             "# HELP tokenvault_operations_total Successful tokenize and detokenize operations by tenant."
         );
         let _ = writeln!(out, "# TYPE tokenvault_operations_total counter");
-        for ((tenant, op), n) in lock(&self.tenant_ops).iter() {
-            let _ = writeln!(
-                out,
-                "tokenvault_operations_total{{tenant=\"{tenant}\",operation=\"{op}\"}} {n}"
-            );
+        for (tenant, ops) in lock(&self.tenant_ops).iter() {
+            for (op, n) in ops {
+                let _ = writeln!(
+                    out,
+                    "tokenvault_operations_total{{tenant=\"{tenant}\",operation=\"{op}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,
