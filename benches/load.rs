@@ -1,5 +1,6 @@
-//! Load generator: starts the daemon (`serve --dev` on 127.0.0.1:0 in a temporary
-//! directory), drives it over real mTLS with N concurrent closed-loop clients for a
+//! Load generator: starts the daemon (the release binary, with the development
+//! PKI, a fresh keyring and default limits but no per-identity rate limit, on
+//! 127.0.0.1:0 in a temporary directory), drives it over real mTLS with N concurrent closed-loop clients for a
 //! fixed time per phase, and reports operations per second, latency percentiles,
 //! errors and the daemon's CPU time per operation (from /proc/PID/stat).
 //!
@@ -12,6 +13,8 @@
 //! TV_LOAD_PHASES (comma list, default hello,tokenize,detokenize,mixed,batch),
 //! TV_LOAD_HALF (1: after the closed-loop tokenize and detokenize phases, run each
 //! again paced at half the measured peak, for p99 at half load; 0 skips this),
+//! TV_LOAD_RATE_LIMIT (the daemon's per-identity requests/s; default 0, off),
+//! TV_LOAD_KEEP=1 (keep the daemon's directory, with RocksDB's LOG, and print it),
 //! TV_LOAD_PERF=1 or dwarf (`perf record` on the daemon during each phase, call
 //! graphs from frame pointers or DWARF, written to target/perf-PHASE.data).
 #![allow(
@@ -45,18 +48,59 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if env("TV_LOAD_KEEP", 0) == 1 {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            println!("kept {}", dir.keep().display());
+        }
     }
+}
+
+/// The benchmark's configuration: the development PKI's identities and roles,
+/// default limits, except the per-identity rate limit, which is off unless
+/// TV_LOAD_RATE_LIMIT sets it (the default 20,000/s would cap the phases).
+fn config_toml(rate_limit: u64) -> String {
+    let roles = ["tokenize", "detokenize", "keys\", \"audit"];
+    let mut text = String::from(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nkeyring = \"keys/keyring.sealed\"\n\
+         passphrase_env = \"TV_BENCH_PASSPHRASE\"\n\n[tls]\ncert = \"keys/dev/server.pem\"\n\
+         key = \"keys/dev/server.key\"\nclient_ca = \"keys/dev/ca.pem\"\n",
+    );
+    for ((_, uri), roles) in tokenvault::pki::DEV_CLIENTS.iter().zip(roles) {
+        text.push_str(&format!(
+            "\n[[clients]]\nidentity = \"{uri}\"\nroles = [\"{roles}\"]\ntenants = [\"dev\"]\n"
+        ));
+    }
+    text.push_str(&format!("\n[limits]\nrate_per_second = {rate_limit}.0\n"));
+    text
+}
+
+/// Runs a setup command of the daemon's binary to completion.
+fn setup(dir: &std::path::Path, args: &[&str], passphrase: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .args(args)
+        .current_dir(dir)
+        .env("TOKENVAULT_PASSPHRASE", passphrase)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "tokenvault {args:?} failed");
 }
 
 // The child is killed and reaped by `Daemon`'s `Drop`, which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn start() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
+    let passphrase = format!("load generator {}", std::process::id());
+    setup(dir.path(), &["dev-pki", "--out", "keys/dev"], &passphrase);
+    setup(dir.path(), &["init", "--keyring", "keys/keyring.sealed"], &passphrase);
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, config_toml(env("TV_LOAD_RATE_LIMIT", 0))).unwrap();
     let out = dir.path().join("out.log");
     let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--config", "bench.toml"])
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
+        .env("TV_BENCH_PASSPHRASE", &passphrase)
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -142,6 +186,11 @@ struct Report {
     fsyncs_per_second: f64,
     /// Commit requests (one per HTTP request that writes) covered by one synced write.
     requests_per_fsync: f64,
+    /// Mean fsync time (ms), and fsyncs over 2 ms and over 10 ms.
+    fsync_ms: f64,
+    slow_fsyncs: (f64, f64),
+    /// Requests that took the daemon over 2.5 ms and over 10 ms (its own histogram).
+    server_slow: (f64, f64),
     ops: u64,
     errors: u64,
     seconds: f64,
@@ -209,10 +258,12 @@ fn perf(pid: u32, label: &str, seconds: u64) -> Option<Child> {
         .ok()
 }
 
-/// The commit writer's counters from `/metrics`: (synced batches, requests).
-async fn commit_counters(client: &mut Client) -> (f64, f64) {
+/// Counters from `/metrics`: synced batches, requests, sync seconds, syncs over
+/// 2 ms, syncs over 10 ms; then requests handled, and those that took the daemon
+/// (from routing to the response) at most 2.5 ms and at most 10 ms.
+async fn commit_counters(client: &mut Client) -> [f64; 8] {
     let Ok(reply) = client.request(Method::GET, "/metrics", None).await else {
-        return (0.0, 0.0);
+        return [0.0; 8];
     };
     let text = String::from_utf8_lossy(&reply.body).into_owned();
     let value = |name: &str| {
@@ -222,13 +273,30 @@ async fn commit_counters(client: &mut Client) -> (f64, f64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    (value("tokenvault_commit_batches"), value("tokenvault_commit_requests"))
+    let bucket = |le: &str| -> f64 {
+        let tail = format!("le=\"{le}\"}} ");
+        text.lines()
+            .filter(|l| l.starts_with("tokenvault_request_duration_seconds_bucket{") && l.contains(&tail))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    [
+        value("tokenvault_commit_batches"),
+        value("tokenvault_commit_requests"),
+        value("tokenvault_wal_sync_seconds"),
+        value("tokenvault_wal_syncs_over_2ms"),
+        value("tokenvault_wal_syncs_over_10ms"),
+        bucket("+Inf"),
+        bucket("0.0025"),
+        bucket("0.01"),
+    ]
 }
 
 /// One run of a phase: closed loop (`rate: None`, every client sends its next
 /// request when the last one is answered) or paced at `rate` requests per second
-/// in total, where latency counts from when a request was due, not when it was
-/// sent, so a stall is not hidden (no coordinated omission).
+/// in total, where a request held back by a slow answer counts its latency from
+/// when it was due, not when it was sent, so a stall is not hidden (no
+/// coordinated omission).
 #[allow(clippy::too_many_arguments)]
 async fn run_phase(
     daemon: &Daemon,
@@ -248,7 +316,7 @@ async fn run_phase(
     let mut probe = checkout.first().and_then(|c| c.share());
     let commits_before = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => (0.0, 0.0),
+        None => [0.0; 8],
     };
     let mut recorder = perf(pid, &label, seconds);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -267,6 +335,7 @@ async fn run_phase(
             let mut k = i as u64;
             let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
             let mut due = started + period.map(|p| p.mul_f64(i as f64 / clients as f64)).unwrap_or_default();
+            let mut last_done = started;
             while Instant::now() < deadline {
                 k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let detok = match phase {
@@ -277,7 +346,12 @@ async fn run_phase(
                 let t = match period {
                     Some(p) => {
                         tokio::time::sleep_until(due.into()).await;
-                        let t = due;
+                        // Sent late because the previous answer came after this
+                        // request was due: the daemon's delay, so latency counts
+                        // from when it was due (no coordinated omission). Sent late
+                        // only because the timer (1 ms resolution) woke this task
+                        // late: the load generator's delay, counted from the send.
+                        let t = if last_done > due { due } else { Instant::now() };
                         due += p;
                         t
                     }
@@ -313,7 +387,8 @@ async fn run_phase(
                     );
                     (c.request(Method::POST, "/v1/tokens", Some(body.as_bytes())).await, 1)
                 };
-                latencies.push(t.elapsed().as_micros() as u64);
+                last_done = Instant::now();
+                latencies.push(last_done.duration_since(t).as_micros() as u64);
                 match result {
                     Ok(reply) if reply.status < 300 => {
                         ops += n;
@@ -352,14 +427,15 @@ async fn run_phase(
     }
     let commits_after = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => (0.0, 0.0),
+        None => [0.0; 8],
     };
-    let batches = commits_after.0 - commits_before.0;
-    let per_fsync = if batches > 0.0 {
-        (commits_after.1 - commits_before.1) / batches
-    } else {
-        0.0
-    };
+    let delta = |i: usize| commits_after[i] - commits_before[i];
+    let batches = delta(0);
+    let per_fsync = if batches > 0.0 { delta(1) / batches } else { 0.0 };
+    let fsync_ms = if batches > 0.0 { delta(2) * 1e3 / batches } else { 0.0 };
+    // The metrics probe itself is one of the requests counted.
+    let served = (delta(5) - 1.0).max(0.0);
+    let server_slow = ((served - delta(6)).max(0.0), (served - delta(7)).max(0.0));
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -372,6 +448,9 @@ async fn run_phase(
         threads,
         fsyncs_per_second: batches / elapsed,
         requests_per_fsync: per_fsync,
+        fsync_ms,
+        slow_fsyncs: (delta(3), delta(4)),
+        server_slow,
         ops,
         errors,
         seconds: elapsed,
@@ -485,7 +564,7 @@ async fn main() {
             }
             let peak = report.ops as f64 / report.seconds;
             reports.push(report);
-            if rate.is_some() || !half || !matches!(phase, Phase::Tokenize | Phase::Detokenize) {
+            if rate.is_some() || !half || !matches!(phase, Phase::Hello | Phase::Tokenize | Phase::Detokenize) {
                 break;
             }
             rate = Some(peak / 2.0);
@@ -513,18 +592,27 @@ async fn main() {
             serde_json::json!({"phase": r.phase, "ops_per_second": rate, "errors": r.errors, "p50_us": r.p50_us,
             "p99_us": r.p99_us, "p999_us": r.p999_us, "daemon_cpu_us_per_op": r.cpu_us_per_op,
             "daemon_cpu_us_per_op_by_thread": threads, "fsyncs_per_second": r.fsyncs_per_second,
-            "requests_per_fsync": r.requests_per_fsync, "ops": r.ops, "seconds": r.seconds}),
+            "requests_per_fsync": r.requests_per_fsync, "fsync_ms": r.fsync_ms,
+            "fsyncs_over_2ms": r.slow_fsyncs.0, "fsyncs_over_10ms": r.slow_fsyncs.1,
+            "daemon_requests_over_2_5ms": r.server_slow.0, "daemon_requests_over_10ms": r.server_slow.1,
+            "ops": r.ops, "seconds": r.seconds}),
         );
     }
     println!("\ndaemon CPU µs per operation by thread, and group commit");
     for r in &reports {
         let parts: Vec<String> = r.threads.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
         println!(
-            "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write",
+            "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write, {:.2} ms per sync, \
+             {:.0} over 2 ms, {:.0} over 10 ms; daemon-side requests over 2.5 ms {:.3} %, over 10 ms {:.3} %",
             r.phase,
             parts.join(", "),
             r.fsyncs_per_second,
-            r.requests_per_fsync
+            r.requests_per_fsync,
+            r.fsync_ms,
+            r.slow_fsyncs.0,
+            r.slow_fsyncs.1,
+            100.0 * r.server_slow.0 / (r.ops.max(1) as f64),
+            100.0 * r.server_slow.1 / (r.ops.max(1) as f64),
         );
     }
     let path = std::env::var("TV_LOAD_JSON").unwrap_or_else(|_| "target/load.json".to_owned());

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokenvault::auth::{authorize, authorize_single, Client, ManageKeys, Role, Tokenize};
 use tokenvault::clock::SystemClock;
@@ -37,8 +37,7 @@ async fn main() {
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path(), 1024).unwrap());
     let ring = Keyring::generate(0).unwrap();
     let audit_key = KeyBytes::new(*ring.audit_key().expose_secret());
-    let (committer, _writer) =
-        Committer::start(store.clone(), audit_key, Arc::new(SystemClock), Duration::ZERO).unwrap();
+    let (committer, _writer) = Committer::start(store.clone(), audit_key, Arc::new(SystemClock)).unwrap();
     let settings = VaultSettings {
         cvc_ttl: time::Duration::minutes(10),
         key_file: None,

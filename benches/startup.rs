@@ -100,8 +100,7 @@ async fn fill(dir: &Path, n: usize) -> Vec<String> {
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir.join(&config.data_dir), 1024).unwrap());
     let flush_target = store.clone();
     let audit_key = KeyBytes::new(*ring.audit_key().expose_secret());
-    let (committer, writer) =
-        Committer::start(store.clone(), audit_key, Arc::new(SystemClock), Duration::ZERO).unwrap();
+    let (committer, writer) = Committer::start(store.clone(), audit_key, Arc::new(SystemClock)).unwrap();
     let settings = VaultSettings {
         cvc_ttl: time::Duration::minutes(10),
         key_file: None,

@@ -105,12 +105,12 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-fn vault(window: Duration) -> Bench {
+fn vault() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path(), 1024).unwrap());
     let ring = Keyring::generate(0).unwrap();
     let audit_key = KeyBytes::new(*ring.audit_key().expose_secret());
-    let (committer, _writer) = Committer::start(store.clone(), audit_key, Arc::new(SystemClock), window).unwrap();
+    let (committer, _writer) = Committer::start(store.clone(), audit_key, Arc::new(SystemClock)).unwrap();
     let settings = VaultSettings {
         cvc_ttl: time::Duration::minutes(10),
         key_file: None,
@@ -175,7 +175,7 @@ fn service(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let bench = Arc::new(vault(Duration::from_micros(200)));
+    let bench = Arc::new(vault());
     let counter = Arc::new(AtomicU64::new(0));
     let tokens: Vec<String> = runtime.block_on(async {
         let mut out = Vec::new();

@@ -95,10 +95,6 @@ pub struct Limits {
     /// After SIGTERM, how long `/readyz` answers 503 while requests are still
     /// served, so that load balancers stop sending before connections close.
     pub drain_delay_ms: u64,
-    /// Group-commit window: when the writer wakes to fewer than a handful of
-    /// queued requests, it waits this long for more before the synced write, so
-    /// one fsync covers more requests at moderate load. 0: write at once.
-    pub commit_window_us: u64,
 }
 
 impl Default for Limits {
@@ -119,7 +115,6 @@ impl Default for Limits {
             max_h2_streams: 128,
             shutdown_grace_ms: 10_000,
             drain_delay_ms: 0,
-            commit_window_us: 200,
             rate_per_second: 20_000.0,
             rate_burst: 40_000.0,
         }

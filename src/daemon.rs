@@ -83,12 +83,7 @@ pub async fn run_with(
     let clock = options.clock;
     // The commit writer keeps its own copy of the audit key (a named, greppable step).
     let audit_key = KeyBytes::new(*keyring.audit_key().expose_secret());
-    let (committer, writer) = Committer::start(
-        store.clone(),
-        audit_key,
-        clock.clone(),
-        Duration::from_micros(config.limits.commit_window_us),
-    )?;
+    let (committer, writer) = Committer::start(store.clone(), audit_key, clock.clone())?;
     let key_version = keyring.active_version();
     let settings = VaultSettings {
         cvc_ttl: config.limits.cvc_ttl(),

@@ -86,6 +86,21 @@ impl AppState {
                 "Changes written since start (one or more per synced batch).",
                 jobs,
             ),
+            (
+                "tokenvault_wal_sync_seconds".into(),
+                "Time spent syncing the write-ahead log since start.",
+                stats.sync_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "tokenvault_wal_syncs_over_2ms".into(),
+                "Write-ahead log syncs that took over 2 ms.",
+                stats.syncs_over_2ms.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tokenvault_wal_syncs_over_10ms".into(),
+                "Write-ahead log syncs that took over 10 ms.",
+                stats.syncs_over_10ms.load(Ordering::Relaxed) as f64,
+            ),
         ];
         if let Ok(state) = vault.rewrap_state() {
             gauges.push((
@@ -348,7 +363,8 @@ async fn dispatch(
             let auth = ctx.permit::<ReadMetadata>(None).await?;
             let result = state.vault.metadata(&auth, token).map_err(ApiError::from);
             ctx.audit_unknown_token(&result, "metadata", token).await;
-            Ok(views::json(StatusCode::OK, &result?, request_id))
+            let meta = ctx.settled(result?).await?;
+            Ok(views::json(StatusCode::OK, &meta, request_id))
         }
         Route::Token(token) => {
             let auth = ctx.permit::<Delete>(None).await?;
@@ -393,7 +409,8 @@ async fn dispatch(
         Route::DetokenizeBatch => tokens::detokenize_batch(&ctx, request).await,
         Route::Keys => {
             let auth = ctx.permit::<ReadKeys>(None).await?;
-            Ok(views::json(StatusCode::OK, &state.vault.key_status(&auth)?, request_id))
+            let status = ctx.settled(state.vault.key_status(&auth)?).await?;
+            Ok(views::json(StatusCode::OK, &status, request_id))
         }
         Route::KeysRotate => {
             let auth = ctx.permit::<ManageKeys>(None).await?;
@@ -430,6 +447,7 @@ async fn dispatch(
             let page = state
                 .vault
                 .audit_entries(&auth, after, usize::try_from(limit).unwrap_or(usize::MAX))?;
+            let page = ctx.settled(page).await?;
             Ok(views::json(StatusCode::OK, &page, request_id))
         }
         Route::Metrics => Ok(views::text(StatusCode::OK, state.render_metrics(), request_id)),
@@ -443,11 +461,8 @@ async fn dispatch(
         }
         Route::AuditVerify => {
             let auth = ctx.permit::<ReadAudit>(None).await?;
-            Ok(views::json(
-                StatusCode::OK,
-                &state.vault.audit_verify(&auth)?,
-                request_id,
-            ))
+            let report = ctx.settled(state.vault.audit_verify(&auth)?).await?;
+            Ok(views::json(StatusCode::OK, &report, request_id))
         }
         Route::CustomerTokens(customer) => {
             let customer = percent_decode(customer).ok_or(ApiError::NotFound)?;
@@ -460,6 +475,7 @@ async fn dispatch(
             let page = state
                 .vault
                 .list_customer(&auth, &customer, limit, query.get("cursor"))?;
+            let page = ctx.settled(page).await?;
             Ok(views::json(StatusCode::OK, &page, request_id))
         }
         _ => Err(ApiError::NotFound),
@@ -505,6 +521,18 @@ impl Ctx<'_> {
                 Err(ApiError::from(e))
             }
         }
+    }
+
+    /// Waits until what a read saw is durable (see `Committer::barrier`), then
+    /// hands it back to be sent.
+    pub(super) async fn settled<T>(&self, value: T) -> Result<T, ApiError> {
+        self.state
+            .vault
+            .committer()
+            .barrier()
+            .await
+            .map_err(crate::vault::VaultError::from)?;
+        Ok(value)
     }
 
     /// An unknown token (or another tenant's: the two are one case) is audited, so

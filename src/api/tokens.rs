@@ -66,6 +66,7 @@ async fn with_idempotency(
         let expect = match key {
             Some(key) => match vault.idempotency_lookup(key)? {
                 Lookup::Replay { status, body } => {
+                    let body = ctx.settled(body).await?;
                     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                     return Ok(views::json_bytes(
                         status,

@@ -65,6 +65,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn sync_log(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn scan_from(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .lock()?

@@ -95,8 +95,13 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Applies all `ops` atomically. With `sync`, the write-ahead log is on disk
-    /// before this returns.
+    /// before this returns; without, the write is visible at once and durable
+    /// after the next `sync_log`.
     fn write(&self, ops: &[WriteOp], sync: bool) -> Result<(), StoreError>;
+
+    /// Makes every write that has returned so far durable (fsync of the
+    /// write-ahead log). Safe to call while other writes go on.
+    fn sync_log(&self) -> Result<(), StoreError>;
 
     /// The entry with the greatest key in `table`, found without a scan.
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;

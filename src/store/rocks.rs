@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, Env, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 
 use super::{KeyValue, Store, StoreError, Table, WriteOp};
@@ -60,11 +60,24 @@ impl RocksStore {
         options.set_compression_type(DBCompressionType::None);
         options.set_max_open_files(max_open_files);
         options.set_keep_log_file_num(4);
+        // Flushes and compactions run at a lower CPU (and compactions at a lower
+        // I/O) priority than the request path: on a small machine a compaction
+        // burst otherwise takes the core the commit writer needs, and every
+        // request waits behind it.
+        let mut env = Env::new().map_err(|e| StoreError::Open(e.into_string()))?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        env.lower_thread_pool_io_priority();
+        options.set_env(&env);
         // Reused WAL files are overwritten in place, so the fdatasync behind every
         // acknowledged write flushes data blocks only, not the inode and journal:
         // about half the latency and kernel CPU of an appending fdatasync here.
         options.set_recycle_log_file_num(4);
         options.set_max_total_wal_size(WAL_LIMIT);
+        // Table files written by flushes and compactions are synced a megabyte at
+        // a time as they are written, so that no large burst of dirty pages sits
+        // in the device queue in front of a write-ahead-log fsync.
+        options.set_bytes_per_sync(1 << 20);
         // Memory stays bounded whatever the number of records: memtables of all
         // tables together are capped, and index and filter blocks live in the
         // block cache instead of growing with the data.
@@ -112,6 +125,10 @@ impl Store for RocksStore {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         self.db.write_opt(batch, &options).map_err(unavailable)
+    }
+
+    fn sync_log(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(unavailable)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {

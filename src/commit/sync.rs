@@ -1,0 +1,109 @@
+//! The pipeline's second stage and the state the two stages share.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::store::{Store, StoreError};
+
+/// A batch the writer has applied (visible, not yet durable), on its way to the
+/// syncer, which answers its requests once the log is synced.
+pub(super) struct Applied {
+    pub(super) number: u64,
+    pub(super) requests: u64,
+    pub(super) result: Result<(), StoreError>,
+    pub(super) replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Counters of the writer, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Synced writes (fsyncs of the write-ahead log).
+    pub batches: AtomicU64,
+    /// Requests answered by those synced writes.
+    pub jobs: AtomicU64,
+    pub audit_seq: AtomicU64,
+    /// Time spent in those fsyncs, in microseconds.
+    pub sync_micros: AtomicU64,
+    /// Fsyncs that took over 2 ms, and over 10 ms.
+    pub syncs_over_2ms: AtomicU64,
+    pub syncs_over_10ms: AtomicU64,
+}
+
+impl CommitStats {
+    fn record_sync(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sync_micros.fetch_add(micros, Ordering::Relaxed);
+        if micros > 2_000 {
+            self.syncs_over_2ms.fetch_add(1, Ordering::Relaxed);
+        }
+        if micros > 10_000 {
+            self.syncs_over_10ms.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where the pipeline is: batches are numbered from 1 in write order.
+pub(super) struct Progress {
+    /// The last batch handed to the store, set before the write so that a reader
+    /// that sees a batch's data also sees its number.
+    pub(super) applied: AtomicU64,
+    /// The last batch known durable.
+    pub(super) synced: watch::Sender<u64>,
+    /// A sync failed: the writer refuses everything from then on.
+    pub(super) failed: AtomicBool,
+}
+
+pub(super) fn stopped() -> StoreError {
+    StoreError::Unavailable("the commit writer has stopped".into())
+}
+
+pub(super) fn log_lost() -> StoreError {
+    StoreError::Unavailable("the write-ahead log could not be synced; restart the daemon".into())
+}
+
+/// Second stage: one fsync of the write-ahead log covers every batch applied
+/// before it started; then those batches' requests are answered. While it syncs,
+/// the writer applies the next batches, which the next fsync covers together.
+pub(super) struct Syncer {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) stats: Arc<CommitStats>,
+    pub(super) progress: Arc<Progress>,
+}
+
+impl Syncer {
+    pub(super) fn run(self, applied: std::sync::mpsc::Receiver<Applied>) {
+        while let Ok(first) = applied.recv() {
+            let mut batches = vec![first];
+            while let Ok(more) = applied.try_recv() {
+                batches.push(more);
+            }
+            let started = std::time::Instant::now();
+            let synced = self.store.sync_log();
+            self.stats.record_sync(started.elapsed());
+            if let Err(e) = &synced {
+                // Applied but perhaps not durable: nothing more is accepted.
+                tracing::error!(error = %e, "syncing the write-ahead log failed; refusing further writes");
+                self.progress.failed.store(true, Ordering::SeqCst);
+            }
+            let requests: u64 = batches.iter().map(|b| b.requests).sum();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.jobs.fetch_add(requests, Ordering::Relaxed);
+            if let Some(last) = batches.last() {
+                self.progress.synced.send_replace(last.number);
+            }
+            for batch in batches {
+                let result = match (&batch.result, &synced) {
+                    (Err(e), _) => Err(e.clone()),
+                    (Ok(()), Err(_)) => Err(log_lost()),
+                    (Ok(()), Ok(())) => Ok(()),
+                };
+                for reply in batch.replies {
+                    // A requester that has gone away no longer needs the answer.
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+}
