@@ -67,6 +67,16 @@ struct StoredHeader {
     meta: Metadata,
 }
 
+/// `StoredHeader` borrowed, for encoding without copying the metadata: the same
+/// fields in the same order, so the bytes are identical.
+#[derive(Serialize)]
+struct StoredHeaderRef<'a> {
+    record_type: u8,
+    created_nanos: u64,
+    expires_unix: Option<i64>,
+    meta: &'a Metadata,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub record_type: u8,
@@ -83,11 +93,11 @@ pub struct MalformedRecord;
 
 impl StoredRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&StoredHeader {
+        let header = serde_json::to_vec(&StoredHeaderRef {
             record_type: self.record_type,
             created_nanos: self.created_nanos,
             expires_unix: self.expires_unix,
-            meta: self.meta.clone(),
+            meta: &self.meta,
         })
         .unwrap_or_default();
         let mut out = Vec::with_capacity(5 + header.len() + self.envelope.0.len());
