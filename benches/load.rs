@@ -14,6 +14,7 @@
 //! TV_LOAD_HALF (1: after the closed-loop tokenize and detokenize phases, run each
 //! again paced at half the measured peak, for p99 at half load; 0 skips this),
 //! TV_LOAD_RATE_LIMIT (the daemon's per-identity requests/s; default 0, off),
+//! TV_LOAD_DAEMON_WORKERS (the daemon's tokio worker threads; default one per core),
 //! TV_LOAD_KEEP=1 (keep the daemon's directory, with RocksDB's LOG, and print it),
 //! TV_LOAD_PERF=1 or dwarf (`perf record` on the daemon during each phase, call
 //! graphs from frame pointers or DWARF, written to target/perf-PHASE.data).
@@ -101,6 +102,7 @@ fn start() -> Daemon {
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .env("TV_BENCH_PASSPHRASE", &passphrase)
+        .envs(std::env::var("TV_LOAD_DAEMON_WORKERS").map(|n| ("TOKIO_WORKER_THREADS", n)))
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null())
         .spawn()
