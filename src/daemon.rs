@@ -112,13 +112,6 @@ pub async fn run_with(
     let mut state = AppState::new(vault.clone(), config.clients.clone(), config.limits.clone())?;
     state.backup_dir = config.backup_dir.clone();
     let state = Arc::new(state);
-    if let Some(addr) = config.metrics_listen {
-        let metrics = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind { addr, source })?;
-        tracing::info!(%addr, "plain metrics listener (loopback)");
-        tokio::spawn(serve_metrics(metrics, state.clone()));
-    }
     let stop_rx = match options.stop {
         Some(stop) => stop,
         None => {
@@ -127,6 +120,13 @@ pub async fn run_with(
             stop_rx
         }
     };
+    if let Some(addr) = config.metrics_listen {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind { addr, source })?;
+        tracing::info!(%addr, "plain metrics listener (loopback)");
+        tokio::spawn(serve_metrics(metrics, state.clone(), stop_rx.clone()));
+    }
     tokio::spawn(sweep_cvcs(vault.clone(), stop_rx.clone()));
     let pace = RewrapPace {
         batch: config.limits.rewrap_batch.max(1),
@@ -175,14 +175,21 @@ async fn sweep_cvcs(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
 }
 
 /// The optional plain-HTTP metrics listener: `GET /metrics` only, loopback only
-/// (the configuration refuses any other address).
-async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+/// (the configuration refuses any other address). It and its connections end on
+/// the stop signal, so that they no longer hold the vault and the commit writer
+/// can finish and the store close cleanly.
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     use http_body_util::Full;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let Ok((tcp, _)) = accepted else {
             continue;
         };
         let state = state.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let state = state.clone();
@@ -203,11 +210,14 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
                 }
             });
             let io = hyper_util::rt::TokioIo::new(tcp);
-            let _ = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(io, service)
-                .await;
+                .serve_connection(io, service);
+            tokio::select! {
+                _ = connection => {}
+                _ = stop.changed() => {}
+            }
         });
     }
 }

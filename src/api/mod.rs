@@ -253,7 +253,13 @@ pub async fn handle(
     let mut response =
         match tracing::Instrument::instrument(dispatch(&state, &peer, route, request, &request_id), span).await {
             Ok(response) => response,
-            Err(error) => error.into_response(&request_id),
+            // An error can rest on a read of data that is applied but not yet
+            // durable (a 404 after an unsynced delete, a 410, a 409): it waits
+            // for the same barrier as a successful read.
+            Err(error) => match state.vault.committer().barrier().await {
+                Ok(()) => error.into_response(&request_id),
+                Err(e) => ApiError::from(crate::vault::VaultError::from(e)).into_response(&request_id),
+            },
         };
     state
         .metrics
@@ -414,20 +420,16 @@ async fn dispatch(
         }
         Route::KeysRotate => {
             let auth = ctx.permit::<ManageKeys>(None).await?;
-            Ok(views::json(
-                StatusCode::OK,
-                &state.vault.rotate(&auth, request_id).await?,
-                request_id,
-            ))
+            let status = ctx.settled(state.vault.rotate(&auth, request_id).await?).await?;
+            Ok(views::json(StatusCode::OK, &status, request_id))
         }
         Route::KeyRetire(version) => {
             let auth = ctx.permit::<ManageKeys>(None).await?;
             let version = version.parse::<u32>().map_err(|_| ApiError::NotFound)?;
-            Ok(views::json(
-                StatusCode::OK,
-                &state.vault.retire(&auth, version, request_id).await?,
-                request_id,
-            ))
+            let status = ctx
+                .settled(state.vault.retire(&auth, version, request_id).await?)
+                .await?;
+            Ok(views::json(StatusCode::OK, &status, request_id))
         }
         Route::Audit => {
             let auth = ctx.permit::<ReadAudit>(None).await?;

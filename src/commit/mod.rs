@@ -286,14 +286,16 @@ impl Writer {
         let mut accepted = Vec::with_capacity(jobs.len());
         let requests = jobs.len() as u64;
         for mut job in jobs {
+            // A refusal may rest on what an earlier, not yet synced batch wrote:
+            // it too is answered by the syncer, after the fsync.
             match self.holds(&job.change.expect, &written, &ops) {
                 Ok(true) => {}
                 Ok(false) => {
-                    let _ = job.reply.send(Err(StoreError::Conflict));
+                    accepted.push((job.reply, Some(StoreError::Conflict)));
                     continue;
                 }
                 Err(e) => {
-                    let _ = job.reply.send(Err(e));
+                    accepted.push((job.reply, Some(e)));
                     continue;
                 }
             }
@@ -313,7 +315,7 @@ impl Writer {
                 ops.push(WriteOp::put(Table::Audit, seq_key(next.seq), bytes));
                 head = next;
             }
-            accepted.push(job.reply);
+            accepted.push((job.reply, None));
         }
         for (version, count) in &counts {
             ops.push(WriteOp::put(Table::Meta, kek_key(*version), encode_count(*count)));
@@ -326,10 +328,18 @@ impl Writer {
         } else {
             self.store.write(&ops, false)
         };
-        if result.is_ok() {
-            self.counts.merge(counts);
-            self.head = head;
-            self.stats.audit_seq.store(head.seq, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                self.counts.merge(counts);
+                self.head = head;
+                self.stats.audit_seq.store(head.seq, Ordering::Relaxed);
+            }
+            // Part of a failed write may be in the log: what is on disk is known
+            // again only after a restart replays it.
+            Err(e) => {
+                tracing::error!(error = %e, "a write to the store failed; refusing further writes");
+                self.progress.failed.store(true, Ordering::SeqCst);
+            }
         }
         let applied = Applied {
             number,
@@ -399,6 +409,7 @@ mod tests {
         pending: std::sync::Mutex<Vec<Vec<u8>>>,
         durable: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
         fail: AtomicBool,
+        fail_writes: AtomicBool,
     }
 
     impl Store for Tracking {
@@ -406,6 +417,9 @@ mod tests {
             self.inner.get(table, key)
         }
         fn write(&self, ops: &[WriteOp], sync: bool) -> Result<(), StoreError> {
+            if self.fail_writes.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("no space left".into()));
+            }
             self.inner.write(ops, sync)?;
             let keys = ops.iter().filter(|o| o.table == Table::Records).map(|o| o.key.clone());
             self.pending.lock().unwrap().extend(keys);
@@ -503,5 +517,60 @@ mod tests {
         ));
         assert!(matches!(committer.barrier().await, Err(StoreError::Unavailable(_))));
         assert!(!store.durable.lock().unwrap().contains(&2u32.to_be_bytes().to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_is_answered_only_once_the_winner_is_durable() {
+        let store = Arc::new(Tracking::default());
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let Ok((committer, _writer)) = Committer::start(dyn_store, KeyBytes::new([7; 32]), Arc::new(SystemClock))
+        else {
+            unreachable!("start")
+        };
+        let committer = Arc::new(committer);
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (c, store) = (committer.clone(), store.clone());
+            // Two inserts of each key: one wins, the other is refused.
+            tasks.push(tokio::spawn(async move {
+                match c.commit(insert(i / 2)).await {
+                    Err(StoreError::Conflict) => {
+                        // The refusal rests on the winner's write: that must be on disk.
+                        Some(store.durable.lock().unwrap().contains(&(i / 2).to_be_bytes().to_vec()))
+                    }
+                    Ok(()) => None,
+                    Err(e) => unreachable!("{e:?}"),
+                }
+            }));
+        }
+        let mut conflicts = 0;
+        for t in tasks {
+            if let Some(durable) = t.await.unwrap() {
+                assert!(durable, "a conflict was answered before the winning write was synced");
+                conflicts += 1;
+            }
+        }
+        assert_eq!(conflicts, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_latches_the_writer_shut() {
+        let store = Arc::new(Tracking::default());
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let Ok((committer, _writer)) = Committer::start(dyn_store, KeyBytes::new([8; 32]), Arc::new(SystemClock))
+        else {
+            unreachable!("start")
+        };
+        store.fail_writes.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            committer.commit(insert(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        store.fail_writes.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            committer.commit(insert(2)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(store.durable.lock().unwrap().is_empty());
     }
 }

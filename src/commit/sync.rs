@@ -7,13 +7,17 @@ use tokio::sync::{oneshot, watch};
 
 use crate::store::{Store, StoreError};
 
+/// Where a request's outcome is sent.
+pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
+
 /// A batch the writer has applied (visible, not yet durable), on its way to the
 /// syncer, which answers its requests once the log is synced.
 pub(super) struct Applied {
     pub(super) number: u64,
     pub(super) requests: u64,
     pub(super) result: Result<(), StoreError>,
-    pub(super) replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Each request's waiter, with its refusal (`None`: its change is in the batch).
+    pub(super) replies: Vec<(Reply, Option<StoreError>)>,
 }
 
 /// Counters of the writer, for metrics and benchmarks.
@@ -79,9 +83,16 @@ impl Syncer {
             while let Ok(more) = applied.try_recv() {
                 batches.push(more);
             }
-            let started = std::time::Instant::now();
-            let synced = self.store.sync_log();
-            self.stats.record_sync(started.elapsed());
+            // After a failed fsync or write, a later fsync that succeeds proves
+            // nothing about the pages before it: answer nothing as durable.
+            let synced = if self.progress.failed.load(Ordering::SeqCst) {
+                Err(log_lost())
+            } else {
+                let started = std::time::Instant::now();
+                let synced = self.store.sync_log();
+                self.stats.record_sync(started.elapsed());
+                synced
+            };
             if let Err(e) = &synced {
                 // Applied but perhaps not durable: nothing more is accepted.
                 tracing::error!(error = %e, "syncing the write-ahead log failed; refusing further writes");
@@ -94,14 +105,15 @@ impl Syncer {
                 self.progress.synced.send_replace(last.number);
             }
             for batch in batches {
-                let result = match (&batch.result, &synced) {
-                    (Err(e), _) => Err(e.clone()),
-                    (Ok(()), Err(_)) => Err(log_lost()),
-                    (Ok(()), Ok(())) => Ok(()),
-                };
-                for reply in batch.replies {
+                for (reply, refused) in batch.replies {
+                    let result = match (refused, &batch.result, &synced) {
+                        (_, _, Err(_)) => Err(log_lost()),
+                        (Some(e), _, Ok(())) => Err(e),
+                        (None, Err(e), Ok(())) => Err(e.clone()),
+                        (None, Ok(()), Ok(())) => Ok(()),
+                    };
                     // A requester that has gone away no longer needs the answer.
-                    let _ = reply.send(result.clone());
+                    let _ = reply.send(result);
                 }
             }
         }

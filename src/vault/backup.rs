@@ -50,7 +50,15 @@ impl Vault {
             .map(|c| u64::try_from(c.records).unwrap_or(0))
             .sum();
         let event = AuditEvent::new(auth.identity(), "backup", "ok").request_id(request_id);
-        self.commit_events(vec![event]).await?;
+        // The checkpoint may hold batches applied but not yet synced; this
+        // commit's fsync covers them. If it fails they may never become durable,
+        // and a backup holding them would fork from the vault: remove it.
+        if let Err(e) = self.commit_events(vec![event]).await {
+            if let Err(removed) = std::fs::remove_dir_all(&path) {
+                tracing::error!(path = %path.display(), error = %removed, "could not remove an unconfirmed backup");
+            }
+            return Err(e);
+        }
         tracing::info!(name = %name, records, "backup written");
         Ok(BackupInfo {
             name,

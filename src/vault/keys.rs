@@ -232,6 +232,10 @@ impl Vault {
             tracing::error!(version, found, "key counters disagree with the records; retire refused");
             return Err(VaultError::KeyVersionInUse { records: Some(found) });
         }
+        // The counters and the scan may have seen a rewrap or delete that is
+        // applied but not yet synced; the key is destroyed only once that state
+        // is durable, or a power cut could bring back records that need it.
+        self.committer.barrier().await?;
         let mut next = ring.duplicate();
         next.retire(version)?;
         self.persist_and_publish(next)?;
