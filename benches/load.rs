@@ -190,6 +190,8 @@ struct Report {
     requests_per_fsync: f64,
     /// Mean fsync time (ms), and fsyncs over 2 ms and over 10 ms.
     fsync_ms: f64,
+    /// Requests per write batch the writer applied.
+    requests_per_write: f64,
     slow_fsyncs: (f64, f64),
     /// Requests that took the daemon over 2.5 ms and over 10 ms (its own histogram).
     server_slow: (f64, f64),
@@ -263,9 +265,9 @@ fn perf(pid: u32, label: &str, seconds: u64) -> Option<Child> {
 /// Counters from `/metrics`: synced batches, requests, sync seconds, syncs over
 /// 2 ms, syncs over 10 ms; then requests handled, and those that took the daemon
 /// (from routing to the response) at most 2.5 ms and at most 10 ms.
-async fn commit_counters(client: &mut Client) -> [f64; 8] {
+async fn commit_counters(client: &mut Client) -> [f64; 9] {
     let Ok(reply) = client.request(Method::GET, "/metrics", None).await else {
-        return [0.0; 8];
+        return [0.0; 9];
     };
     let text = String::from_utf8_lossy(&reply.body).into_owned();
     let value = |name: &str| {
@@ -291,6 +293,7 @@ async fn commit_counters(client: &mut Client) -> [f64; 8] {
         bucket("+Inf"),
         bucket("0.0025"),
         bucket("0.01"),
+        value("tokenvault_commit_writes"),
     ]
 }
 
@@ -318,7 +321,7 @@ async fn run_phase(
     let mut probe = checkout.first().and_then(|c| c.share());
     let commits_before = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 8],
+        None => [0.0; 9],
     };
     let mut recorder = perf(pid, &label, seconds);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -429,12 +432,13 @@ async fn run_phase(
     }
     let commits_after = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 8],
+        None => [0.0; 9],
     };
     let delta = |i: usize| commits_after[i] - commits_before[i];
     let batches = delta(0);
     let per_fsync = if batches > 0.0 { delta(1) / batches } else { 0.0 };
     let fsync_ms = if batches > 0.0 { delta(2) * 1e3 / batches } else { 0.0 };
+    let per_write = if delta(8) > 0.0 { delta(1) / delta(8) } else { 0.0 };
     // The metrics probe itself is one of the requests counted.
     let served = (delta(5) - 1.0).max(0.0);
     let server_slow = ((served - delta(6)).max(0.0), (served - delta(7)).max(0.0));
@@ -451,6 +455,7 @@ async fn run_phase(
         fsyncs_per_second: batches / elapsed,
         requests_per_fsync: per_fsync,
         fsync_ms,
+        requests_per_write: per_write,
         slow_fsyncs: (delta(3), delta(4)),
         server_slow,
         ops,
@@ -595,6 +600,7 @@ async fn main() {
             "p99_us": r.p99_us, "p999_us": r.p999_us, "daemon_cpu_us_per_op": r.cpu_us_per_op,
             "daemon_cpu_us_per_op_by_thread": threads, "fsyncs_per_second": r.fsyncs_per_second,
             "requests_per_fsync": r.requests_per_fsync, "fsync_ms": r.fsync_ms,
+            "requests_per_write_batch": r.requests_per_write,
             "fsyncs_over_2ms": r.slow_fsyncs.0, "fsyncs_over_10ms": r.slow_fsyncs.1,
             "daemon_requests_over_2_5ms": r.server_slow.0, "daemon_requests_over_10ms": r.server_slow.1,
             "ops": r.ops, "seconds": r.seconds}),
@@ -604,12 +610,13 @@ async fn main() {
     for r in &reports {
         let parts: Vec<String> = r.threads.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
         println!(
-            "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write, {:.2} ms per sync, \
+            "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write ({:.1} per write batch), {:.2} ms per sync, \
              {:.0} over 2 ms, {:.0} over 10 ms; daemon-side requests over 2.5 ms {:.3} %, over 10 ms {:.3} %",
             r.phase,
             parts.join(", "),
             r.fsyncs_per_second,
             r.requests_per_fsync,
+            r.requests_per_write,
             r.fsync_ms,
             r.slow_fsyncs.0,
             r.slow_fsyncs.1,

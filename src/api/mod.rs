@@ -87,6 +87,11 @@ impl AppState {
                 jobs,
             ),
             (
+                "tokenvault_commit_writes".into(),
+                "Write batches applied since start (each fsync covers one or more).",
+                stats.writes.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "tokenvault_wal_sync_seconds".into(),
                 "Time spent syncing the write-ahead log since start.",
                 stats.sync_micros.load(Ordering::Relaxed) as f64 / 1e6,

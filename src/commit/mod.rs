@@ -322,6 +322,7 @@ impl Writer {
         }
         let number = self.next;
         self.next += 1;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.progress.applied.store(number, Ordering::SeqCst);
         let result = if ops.is_empty() {
             Ok(())

@@ -28,6 +28,8 @@ pub struct CommitStats {
     /// Requests answered by those synced writes.
     pub jobs: AtomicU64,
     pub audit_seq: AtomicU64,
+    /// Write batches the writer applied (several may share one fsync).
+    pub writes: AtomicU64,
     /// Time spent in those fsyncs, in microseconds.
     pub sync_micros: AtomicU64,
     /// Fsyncs that took over 2 ms, and over 10 ms.
