@@ -104,7 +104,7 @@ fn start() -> Daemon {
         .env("TV_BENCH_PASSPHRASE", &passphrase)
         .envs(std::env::var("TV_LOAD_DAEMON_WORKERS").map(|n| ("TOKIO_WORKER_THREADS", n)))
         .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -210,11 +210,13 @@ struct Report {
     fsyncs_per_second: f64,
     /// Commit requests (one per HTTP request that writes) covered by one synced write.
     requests_per_fsync: f64,
-    /// Mean fsync time (ms), and fsyncs over 2 ms and over 10 ms.
+    /// Mean fsync time (ms), and fsyncs over 2 ms, 10 ms and 50 ms.
     fsync_ms: f64,
     /// Requests per write batch the writer applied.
     requests_per_write: f64,
-    slow_fsyncs: (f64, f64),
+    slow_fsyncs: (f64, f64, f64),
+    /// Batch applications by the writer that took over 10 ms.
+    slow_writes: f64,
     /// Requests that took the daemon over 2.5 ms and over 10 ms (its own histogram).
     server_slow: (f64, f64),
     ops: u64,
@@ -287,9 +289,9 @@ fn perf(pid: u32, label: &str, seconds: u64) -> Option<Child> {
 /// Counters from `/metrics`: synced batches, requests, sync seconds, syncs over
 /// 2 ms, syncs over 10 ms; then requests handled, and those that took the daemon
 /// (from routing to the response) at most 2.5 ms and at most 10 ms.
-async fn commit_counters(client: &mut Client) -> [f64; 9] {
+async fn commit_counters(client: &mut Client) -> [f64; 11] {
     let Ok(reply) = client.request(Method::GET, "/metrics", None).await else {
-        return [0.0; 9];
+        return [0.0; 11];
     };
     let text = String::from_utf8_lossy(&reply.body).into_owned();
     let value = |name: &str| {
@@ -316,6 +318,8 @@ async fn commit_counters(client: &mut Client) -> [f64; 9] {
         bucket("0.0025"),
         bucket("0.01"),
         value("tokenvault_commit_writes"),
+        value("tokenvault_wal_syncs_over_50ms"),
+        value("tokenvault_store_writes_over_10ms"),
     ]
 }
 
@@ -343,7 +347,7 @@ async fn run_phase(
     let mut probe = checkout.first().and_then(|c| c.share());
     let commits_before = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 9],
+        None => [0.0; 11],
     };
     let mut recorder = perf(pid, &label, seconds);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -454,7 +458,7 @@ async fn run_phase(
     }
     let commits_after = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 9],
+        None => [0.0; 11],
     };
     let delta = |i: usize| commits_after[i] - commits_before[i];
     let batches = delta(0);
@@ -478,7 +482,8 @@ async fn run_phase(
         requests_per_fsync: per_fsync,
         fsync_ms,
         requests_per_write: per_write,
-        slow_fsyncs: (delta(3), delta(4)),
+        slow_fsyncs: (delta(3), delta(4), delta(9)),
+        slow_writes: delta(10),
         server_slow,
         ops,
         errors,
@@ -624,6 +629,7 @@ async fn main() {
             "requests_per_fsync": r.requests_per_fsync, "fsync_ms": r.fsync_ms,
             "requests_per_write_batch": r.requests_per_write,
             "fsyncs_over_2ms": r.slow_fsyncs.0, "fsyncs_over_10ms": r.slow_fsyncs.1,
+            "fsyncs_over_50ms": r.slow_fsyncs.2, "writes_over_10ms": r.slow_writes,
             "daemon_requests_over_2_5ms": r.server_slow.0, "daemon_requests_over_10ms": r.server_slow.1,
             "ops": r.ops, "seconds": r.seconds}),
         );
@@ -633,7 +639,7 @@ async fn main() {
         let parts: Vec<String> = r.threads.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
         println!(
             "{:<16} {}; {:.0} synced writes/s, {:.1} requests per synced write ({:.1} per write batch), {:.2} ms per sync, \
-             {:.0} over 2 ms, {:.0} over 10 ms; daemon-side requests over 2.5 ms {:.3} %, over 10 ms {:.3} %",
+             {:.0} over 2 ms, {:.0} over 10 ms, {:.0} over 50 ms; {:.0} writes over 10 ms; daemon-side requests over 2.5 ms {:.3} %, over 10 ms {:.3} %",
             r.phase,
             parts.join(", "),
             r.fsyncs_per_second,
@@ -642,6 +648,8 @@ async fn main() {
             r.fsync_ms,
             r.slow_fsyncs.0,
             r.slow_fsyncs.1,
+            r.slow_fsyncs.2,
+            r.slow_writes,
             100.0 * r.server_slow.0 / (r.ops.max(1) as f64),
             100.0 * r.server_slow.1 / (r.ops.max(1) as f64),
         );

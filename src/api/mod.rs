@@ -106,6 +106,16 @@ impl AppState {
                 "Write-ahead log syncs that took over 10 ms.",
                 stats.syncs_over_10ms.load(Ordering::Relaxed) as f64,
             ),
+            (
+                "tokenvault_store_writes_over_10ms".into(),
+                "Batch applications (log append, memtable inserts) that took over 10 ms.",
+                stats.writes_over_10ms.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tokenvault_wal_syncs_over_50ms".into(),
+                "Write-ahead log syncs that took over 50 ms.",
+                stats.syncs_over_50ms.load(Ordering::Relaxed) as f64,
+            ),
         ];
         if let Ok(state) = vault.rewrap_state() {
             gauges.push((

@@ -324,11 +324,23 @@ impl Writer {
         self.next += 1;
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.progress.applied.store(number, Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let result = if ops.is_empty() {
             Ok(())
         } else {
             self.store.write(&ops, false)
         };
+        // Slow: over 10 ms beyond what the batch's size explains (≈ 5 µs per op).
+        let took = started.elapsed();
+        let expected = std::time::Duration::from_micros(10_000 + 5 * ops.len() as u64);
+        if took > expected {
+            self.stats.writes_over_10ms.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                millis = took.as_millis() as u64,
+                ops = ops.len(),
+                "slow store write: every request waits behind it"
+            );
+        }
         match &result {
             Ok(()) => {
                 self.counts.merge(counts);

@@ -32,9 +32,13 @@ pub struct CommitStats {
     pub writes: AtomicU64,
     /// Time spent in those fsyncs, in microseconds.
     pub sync_micros: AtomicU64,
-    /// Fsyncs that took over 2 ms, and over 10 ms.
+    /// Fsyncs that took over 2 ms, over 10 ms and over 50 ms.
     pub syncs_over_2ms: AtomicU64,
     pub syncs_over_10ms: AtomicU64,
+    pub syncs_over_50ms: AtomicU64,
+    /// Batch applications (WAL append and memtable inserts) that took over 10 ms
+    /// more than their size explains.
+    pub writes_over_10ms: AtomicU64,
 }
 
 impl CommitStats {
@@ -46,6 +50,9 @@ impl CommitStats {
         }
         if micros > 10_000 {
             self.syncs_over_10ms.fetch_add(1, Ordering::Relaxed);
+        }
+        if micros > 50_000 {
+            self.syncs_over_50ms.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
