@@ -29,8 +29,6 @@ async fn kill_9_loses_no_acknowledged_token() {
     }
 }
 
-/// `kill -9` cannot show a missing fsync (the page cache survives it); the
-/// commit unit tests check that every answer waits for an fsync that covers it.
 /// A Luhn-valid 16-digit Visa-range test number, distinct for each `i`.
 fn numbered_pan(i: u64) -> String {
     let body = format!("4{:014}", i);
@@ -42,7 +40,9 @@ fn numbered_pan(i: u64) -> String {
 
 /// The group commit answers many requests per fsync while the next batches are
 /// already being written: `kill -9` in the middle of that loses none of the
-/// requests that were answered, and the audit chain still verifies.
+/// requests that were answered, and the audit chain still verifies. (`kill -9`
+/// cannot show a missing fsync, since the page cache survives it; the commit unit
+/// tests check that every answer waits for an fsync that covers it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_concurrent_load_loses_no_acknowledged_token() {
     use std::sync::atomic::{AtomicU64, Ordering};
