@@ -58,5 +58,40 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validation, keyed, envelope);
+/// A typical card record's public header: encode, and decode (what every read of
+/// a record pays).
+fn record(c: &mut Criterion) {
+    use tokenvault::crypto::Envelope;
+    use tokenvault::vault::record::{CardMeta, Metadata, StoredRecord};
+    let record = StoredRecord {
+        record_type: 1,
+        created_nanos: 1_764_806_400_000_000_000,
+        expires_unix: None,
+        meta: Metadata {
+            token: "tok_3kTq9vYbW2xZ8mN4pR7sL1".into(),
+            kind: "card".into(),
+            tenant: "shop-eu".into(),
+            customer: None,
+            created_at: "2026-12-04T08:00:00Z".into(),
+            expires_at: None,
+            card: Some(CardMeta {
+                brand: "visa".into(),
+                bin: "42424242".into(),
+                last4: "4242".into(),
+                exp_month: 12,
+                exp_year: 2031,
+                fingerprint: "fp_0123456789abcdef0123456789abcdef0123456789a".into(),
+            }),
+            bank_account: None,
+        },
+        envelope: Envelope(vec![7; 120]),
+    };
+    let bytes = record.encode();
+    let mut g = c.benchmark_group("record");
+    g.bench_function("encode", |b| b.iter(|| black_box(&record).encode()));
+    g.bench_function("decode", |b| b.iter(|| StoredRecord::decode(black_box(&bytes)).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, validation, keyed, envelope, record);
 criterion_main!(benches);

@@ -7,6 +7,7 @@ mod audit_log;
 mod backup;
 pub mod credential;
 pub mod cvc;
+mod header;
 mod idempotency;
 pub mod input;
 mod keys;

@@ -1,13 +1,17 @@
 //! The stored record: public metadata, then the sealed envelope.
 //!
-//! Value layout (record format 1), integers big-endian:
+//! Value layout, integers big-endian:
 //!
 //! ```text
-//! [0]          record format version (1)
+//! [0]          record format version: 2 (binary header), or 1 (JSON header)
 //! [1..5]       length N of the header
-//! [5..5+N]     header: JSON of `StoredHeader` (public metadata only)
+//! [5..5+N]     header, public metadata only: format 2 see `vault::header`;
+//!              format 1 is the JSON of `StoredHeader`
 //! [5+N..]      envelope (see crypto::envelope)
 //! ```
+//!
+//! Format 2 is written; format 1 is read (vaults written before it), and written
+//! only for a record whose strings are too long for format 2's u16 lengths.
 //!
 //! The envelope's payload is a list of (tag u8, length u16, bytes) fields holding
 //! the secret values (PAN, IBAN, account number, holder name, address). It is built
@@ -19,7 +23,10 @@ use zeroize::Zeroizing;
 use super::input::AccountType;
 use crate::crypto::Envelope;
 
-pub const RECORD_FORMAT: u8 = 1;
+/// The record format written: binary header.
+pub const RECORD_FORMAT: u8 = 2;
+/// The earlier format with a JSON header: still read.
+pub const RECORD_FORMAT_JSON: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardMeta {
@@ -93,15 +100,22 @@ pub struct MalformedRecord;
 
 impl StoredRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&StoredHeaderRef {
-            record_type: self.record_type,
-            created_nanos: self.created_nanos,
-            expires_unix: self.expires_unix,
-            meta: &self.meta,
-        })
-        .unwrap_or_default();
+        let (format, header) =
+            match super::header::encode(self.record_type, self.created_nanos, self.expires_unix, &self.meta) {
+                Some(binary) => (RECORD_FORMAT, binary),
+                None => (
+                    RECORD_FORMAT_JSON,
+                    serde_json::to_vec(&StoredHeaderRef {
+                        record_type: self.record_type,
+                        created_nanos: self.created_nanos,
+                        expires_unix: self.expires_unix,
+                        meta: &self.meta,
+                    })
+                    .unwrap_or_default(),
+                ),
+            };
         let mut out = Vec::with_capacity(5 + header.len() + self.envelope.0.len());
-        out.push(RECORD_FORMAT);
+        out.push(format);
         out.extend_from_slice(&(header.len() as u32).to_be_bytes());
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.envelope.0);
@@ -110,7 +124,7 @@ impl StoredRecord {
 
     pub fn decode(bytes: &[u8]) -> Result<StoredRecord, MalformedRecord> {
         let (&format, rest) = bytes.split_first().ok_or(MalformedRecord)?;
-        if format != RECORD_FORMAT || rest.len() < 4 {
+        if !matches!(format, RECORD_FORMAT | RECORD_FORMAT_JSON) || rest.len() < 4 {
             return Err(MalformedRecord);
         }
         let (len, rest) = rest.split_at(4);
@@ -119,7 +133,17 @@ impl StoredRecord {
             return Err(MalformedRecord);
         }
         let (header, envelope) = rest.split_at(len);
-        let header: StoredHeader = serde_json::from_slice(header).map_err(|_| MalformedRecord)?;
+        let header = if format == RECORD_FORMAT {
+            super::header::decode(header)?
+        } else {
+            let json: StoredHeader = serde_json::from_slice(header).map_err(|_| MalformedRecord)?;
+            super::header::Header {
+                record_type: json.record_type,
+                created_nanos: json.created_nanos,
+                expires_unix: json.expires_unix,
+                meta: json.meta,
+            }
+        };
         Ok(StoredRecord {
             record_type: header.record_type,
             created_nanos: header.created_nanos,
@@ -308,5 +332,65 @@ mod tests {
         for bad in [&[][..], &[1], &[1, 0, 0, 0, 9], &[2, 0, 0, 0, 0]] {
             assert!(StoredRecord::decode(bad).is_err());
         }
+    }
+
+    fn sample(customer: Option<String>) -> StoredRecord {
+        StoredRecord {
+            record_type: 1,
+            created_nanos: 1_764_806_400_000_000_000,
+            expires_unix: None,
+            meta: Metadata {
+                token: "tok_abc".into(),
+                kind: "card".into(),
+                tenant: "shop".into(),
+                customer,
+                created_at: "2026-12-04T00:00:00Z".into(),
+                expires_at: None,
+                card: Some(CardMeta {
+                    brand: "visa".into(),
+                    bin: "42424242".into(),
+                    last4: "4242".into(),
+                    exp_month: 12,
+                    exp_year: 2031,
+                    fingerprint: "fp_x".into(),
+                }),
+                bank_account: None,
+            },
+            envelope: Envelope(vec![9; 40]),
+        }
+    }
+
+    #[test]
+    fn binary_format_is_written_and_json_records_still_read() {
+        let record = sample(Some("cus_1".into()));
+        let binary = record.encode();
+        assert_eq!(binary.first(), Some(&RECORD_FORMAT));
+        // A record written by an earlier version (JSON header, format 1).
+        let header = serde_json::to_vec(&StoredHeaderRef {
+            record_type: record.record_type,
+            created_nanos: record.created_nanos,
+            expires_unix: record.expires_unix,
+            meta: &record.meta,
+        })
+        .unwrap_or_default();
+        let mut json = vec![RECORD_FORMAT_JSON];
+        json.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        json.extend_from_slice(&header);
+        json.extend_from_slice(&record.envelope.0);
+        assert!(binary.len() < json.len());
+        for bytes in [binary, json] {
+            let decoded = StoredRecord::decode(&bytes);
+            assert!(decoded.is_ok_and(|r| r.meta == record.meta
+                && r.envelope == record.envelope
+                && r.created_nanos == record.created_nanos));
+        }
+    }
+
+    #[test]
+    fn strings_too_long_for_the_binary_header_fall_back_to_json() {
+        let record = sample(Some("c".repeat(70_000)));
+        let bytes = record.encode();
+        assert_eq!(bytes.first(), Some(&RECORD_FORMAT_JSON));
+        assert!(StoredRecord::decode(&bytes).is_ok_and(|r| r.meta == record.meta));
     }
 }
