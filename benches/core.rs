@@ -89,7 +89,9 @@ fn record(c: &mut Criterion) {
     let bytes = record.encode();
     let mut g = c.benchmark_group("record");
     g.bench_function("encode", |b| b.iter(|| black_box(&record).encode()));
-    g.bench_function("decode", |b| b.iter(|| StoredRecord::decode(black_box(&bytes)).unwrap()));
+    g.bench_function("decode", |b| {
+        b.iter(|| StoredRecord::decode(black_box(&bytes)).unwrap())
+    });
     g.finish();
 }
 
