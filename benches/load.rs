@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use tokenvault::client::{Client, ClientTls};
-use tokenvault::validate::luhn_valid;
+use tokenvault::validate::luhn_check_digit;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -154,32 +154,10 @@ fn thread_seconds(pid: u32) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-/// A distinct Luhn-valid 16-digit number for each `i`: the check digit is computed
-/// (doubling every second digit from the right of the 15-digit body), so the load
-/// generator spends as little as possible of the shared CPU on it.
+/// A distinct Luhn-valid 16-digit number for each `i`.
 fn pan(i: u64) -> String {
-    let mut digits = format!("4{:014}", i).into_bytes();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(k, &c)| {
-            let d = u32::from(c - b'0');
-            if k % 2 == 0 {
-                let twice = d * 2;
-                if twice > 9 {
-                    twice - 9
-                } else {
-                    twice
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    digits.push(b'0' + ((10 - sum % 10) % 10) as u8);
-    debug_assert!(luhn_valid(&digits));
-    String::from_utf8(digits).unwrap()
+    let body = format!("4{:014}", i);
+    format!("{body}{}", luhn_check_digit(body.as_bytes()).unwrap())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -286,12 +264,47 @@ fn perf(pid: u32, label: &str, seconds: u64) -> Option<Child> {
         .ok()
 }
 
-/// Counters from `/metrics`: synced batches, requests, sync seconds, syncs over
-/// 2 ms, syncs over 10 ms; then requests handled, and those that took the daemon
-/// (from routing to the response) at most 2.5 ms and at most 10 ms.
-async fn commit_counters(client: &mut Client) -> [f64; 11] {
+/// Counters read from the daemon's `/metrics`.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    /// Synced batches (fsyncs) and the requests they answered.
+    fsyncs: f64,
+    requests: f64,
+    fsync_seconds: f64,
+    fsyncs_over_2ms: f64,
+    fsyncs_over_10ms: f64,
+    fsyncs_over_50ms: f64,
+    /// Write batches the writer applied, and those that were slow.
+    writes: f64,
+    slow_writes: f64,
+    /// Requests handled, and those the daemon handled within 2.5 ms and 10 ms
+    /// (from routing to the response, its own histogram).
+    served: f64,
+    within_2_5ms: f64,
+    within_10ms: f64,
+}
+
+impl Counters {
+    fn since(&self, before: &Counters) -> Counters {
+        Counters {
+            fsyncs: self.fsyncs - before.fsyncs,
+            requests: self.requests - before.requests,
+            fsync_seconds: self.fsync_seconds - before.fsync_seconds,
+            fsyncs_over_2ms: self.fsyncs_over_2ms - before.fsyncs_over_2ms,
+            fsyncs_over_10ms: self.fsyncs_over_10ms - before.fsyncs_over_10ms,
+            fsyncs_over_50ms: self.fsyncs_over_50ms - before.fsyncs_over_50ms,
+            writes: self.writes - before.writes,
+            slow_writes: self.slow_writes - before.slow_writes,
+            served: self.served - before.served,
+            within_2_5ms: self.within_2_5ms - before.within_2_5ms,
+            within_10ms: self.within_10ms - before.within_10ms,
+        }
+    }
+}
+
+async fn commit_counters(client: &mut Client) -> Counters {
     let Ok(reply) = client.request(Method::GET, "/metrics", None).await else {
-        return [0.0; 11];
+        return Counters::default();
     };
     let text = String::from_utf8_lossy(&reply.body).into_owned();
     let value = |name: &str| {
@@ -308,19 +321,19 @@ async fn commit_counters(client: &mut Client) -> [f64; 11] {
             .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
             .sum()
     };
-    [
-        value("tokenvault_commit_batches"),
-        value("tokenvault_commit_requests"),
-        value("tokenvault_wal_sync_seconds"),
-        value("tokenvault_wal_syncs_over_2ms"),
-        value("tokenvault_wal_syncs_over_10ms"),
-        bucket("+Inf"),
-        bucket("0.0025"),
-        bucket("0.01"),
-        value("tokenvault_commit_writes"),
-        value("tokenvault_wal_syncs_over_50ms"),
-        value("tokenvault_store_writes_over_10ms"),
-    ]
+    Counters {
+        fsyncs: value("tokenvault_commit_batches"),
+        requests: value("tokenvault_commit_requests"),
+        fsync_seconds: value("tokenvault_wal_sync_seconds"),
+        fsyncs_over_2ms: value("tokenvault_wal_syncs_over_2ms"),
+        fsyncs_over_10ms: value("tokenvault_wal_syncs_over_10ms"),
+        fsyncs_over_50ms: value("tokenvault_wal_syncs_over_50ms"),
+        writes: value("tokenvault_commit_writes"),
+        slow_writes: value("tokenvault_store_writes_over_10ms"),
+        served: bucket("+Inf"),
+        within_2_5ms: bucket("0.0025"),
+        within_10ms: bucket("0.01"),
+    }
 }
 
 /// One run of a phase: closed loop (`rate: None`, every client sends its next
@@ -347,7 +360,7 @@ async fn run_phase(
     let mut probe = checkout.first().and_then(|c| c.share());
     let commits_before = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 11],
+        None => Counters::default(),
     };
     let mut recorder = perf(pid, &label, seconds);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -458,16 +471,20 @@ async fn run_phase(
     }
     let commits_after = match probe.as_mut() {
         Some(c) => commit_counters(c).await,
-        None => [0.0; 11],
+        None => Counters::default(),
     };
-    let delta = |i: usize| commits_after[i] - commits_before[i];
-    let batches = delta(0);
-    let per_fsync = if batches > 0.0 { delta(1) / batches } else { 0.0 };
-    let fsync_ms = if batches > 0.0 { delta(2) * 1e3 / batches } else { 0.0 };
-    let per_write = if delta(8) > 0.0 { delta(1) / delta(8) } else { 0.0 };
+    let d = commits_after.since(&commits_before);
+    let batches = d.fsyncs;
+    let per_fsync = if batches > 0.0 { d.requests / batches } else { 0.0 };
+    let fsync_ms = if batches > 0.0 {
+        d.fsync_seconds * 1e3 / batches
+    } else {
+        0.0
+    };
+    let per_write = if d.writes > 0.0 { d.requests / d.writes } else { 0.0 };
     // The metrics probe itself is one of the requests counted.
-    let served = (delta(5) - 1.0).max(0.0);
-    let server_slow = ((served - delta(6)).max(0.0), (served - delta(7)).max(0.0));
+    let served = (d.served - 1.0).max(0.0);
+    let server_slow = ((served - d.within_2_5ms).max(0.0), (served - d.within_10ms).max(0.0));
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -482,8 +499,8 @@ async fn run_phase(
         requests_per_fsync: per_fsync,
         fsync_ms,
         requests_per_write: per_write,
-        slow_fsyncs: (delta(3), delta(4), delta(9)),
-        slow_writes: delta(10),
+        slow_fsyncs: (d.fsyncs_over_2ms, d.fsyncs_over_10ms, d.fsyncs_over_50ms),
+        slow_writes: d.slow_writes,
         server_slow,
         ops,
         errors,

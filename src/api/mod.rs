@@ -54,12 +54,18 @@ impl AppState {
         })
     }
 
+    /// Returns once everything applied so far is durable (`Committer::barrier`).
+    async fn durable(&self) -> Result<(), ApiError> {
+        self.vault
+            .committer()
+            .barrier()
+            .await
+            .map_err(|e| crate::vault::VaultError::from(e).into())
+    }
+
     /// The metrics page: counters kept by the server and gauges read now.
     pub fn render_metrics(&self) -> String {
         let vault = &self.vault;
-        let stats = vault.committer().stats();
-        let batches = stats.batches.load(Ordering::Relaxed) as f64;
-        let jobs = stats.jobs.load(Ordering::Relaxed) as f64;
         let mut gauges: Vec<(String, &str, f64)> = vec![
             (
                 "tokenvault_ready".into(),
@@ -71,52 +77,15 @@ impl AppState {
                 "Active key-encryption key version.",
                 f64::from(vault.keyring().active_version()),
             ),
-            (
-                "tokenvault_audit_entries".into(),
-                "Length of the audit chain.",
-                stats.audit_seq.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tokenvault_commit_batches".into(),
-                "Synced write batches since start.",
-                batches,
-            ),
-            (
-                "tokenvault_commit_requests".into(),
-                "Changes written since start (one or more per synced batch).",
-                jobs,
-            ),
-            (
-                "tokenvault_commit_writes".into(),
-                "Write batches applied since start (each fsync covers one or more).",
-                stats.writes.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tokenvault_wal_sync_seconds".into(),
-                "Time spent syncing the write-ahead log since start.",
-                stats.sync_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            ),
-            (
-                "tokenvault_wal_syncs_over_2ms".into(),
-                "Write-ahead log syncs that took over 2 ms.",
-                stats.syncs_over_2ms.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tokenvault_wal_syncs_over_10ms".into(),
-                "Write-ahead log syncs that took over 10 ms.",
-                stats.syncs_over_10ms.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tokenvault_store_writes_over_10ms".into(),
-                "Batch applications (log append, memtable inserts) that took over 10 ms.",
-                stats.writes_over_10ms.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tokenvault_wal_syncs_over_50ms".into(),
-                "Write-ahead log syncs that took over 50 ms.",
-                stats.syncs_over_50ms.load(Ordering::Relaxed) as f64,
-            ),
         ];
+        gauges.extend(
+            vault
+                .committer()
+                .stats()
+                .figures()
+                .into_iter()
+                .map(|(name, help, value)| (name.to_owned(), help, value)),
+        );
         if let Ok(state) = vault.rewrap_state() {
             gauges.push((
                 "tokenvault_rewrap_running".into(),
@@ -271,9 +240,9 @@ pub async fn handle(
             // An error can rest on a read of data that is applied but not yet
             // durable (a 404 after an unsynced delete, a 410, a 409): it waits
             // for the same barrier as a successful read.
-            Err(error) => match state.vault.committer().barrier().await {
+            Err(error) => match state.durable().await {
                 Ok(()) => error.into_response(&request_id),
-                Err(e) => ApiError::from(crate::vault::VaultError::from(e)).into_response(&request_id),
+                Err(e) => e.into_response(&request_id),
             },
         };
     state
@@ -543,12 +512,7 @@ impl Ctx<'_> {
     /// Waits until what a read saw is durable (see `Committer::barrier`), then
     /// hands it back to be sent.
     pub(super) async fn settled<T>(&self, value: T) -> Result<T, ApiError> {
-        self.state
-            .vault
-            .committer()
-            .barrier()
-            .await
-            .map_err(crate::vault::VaultError::from)?;
+        self.state.durable().await?;
         Ok(value)
     }
 

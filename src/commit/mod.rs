@@ -284,7 +284,6 @@ impl Writer {
         let mut written = Written::default();
         let mut counts = std::collections::BTreeMap::new();
         let mut accepted = Vec::with_capacity(jobs.len());
-        let requests = jobs.len() as u64;
         for mut job in jobs {
             // A refusal may rest on what an earlier, not yet synced batch wrote:
             // it too is answered by the syncer, after the fsync.
@@ -356,7 +355,6 @@ impl Writer {
         }
         let applied = Applied {
             number,
-            requests,
             result,
             replies: accepted,
         };
@@ -372,14 +370,18 @@ mod tests {
     use crate::clock::SystemClock;
     use crate::store::MemoryStore;
 
+    /// A committer over `store`, its audit chain keyed with `[key; 32]`.
+    fn start(store: Arc<dyn Store>, key: u8) -> (Arc<Committer>, JoinHandle<()>) {
+        let Ok((committer, writer)) = Committer::start(store, KeyBytes::new([key; 32]), Arc::new(SystemClock)) else {
+            unreachable!("start")
+        };
+        (Arc::new(committer), writer)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_chain_in_order() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let Ok((committer, _thread)) = Committer::start(store.clone(), KeyBytes::new([4; 32]), Arc::new(SystemClock))
-        else {
-            unreachable!("start")
-        };
-        let committer = Arc::new(committer);
+        let (committer, _thread) = start(store.clone(), 4);
         let mut tasks = Vec::new();
         for i in 0..200u32 {
             let c = committer.clone();
@@ -483,10 +485,7 @@ mod tests {
     async fn every_answer_waits_for_an_fsync_that_covers_it() {
         let store = Arc::new(Tracking::default());
         let dyn_store: Arc<dyn Store> = store.clone();
-        let Ok((committer, writer)) = Committer::start(dyn_store, KeyBytes::new([5; 32]), Arc::new(SystemClock)) else {
-            unreachable!("start")
-        };
-        let committer = Arc::new(committer);
+        let (committer, writer) = start(dyn_store, 5);
         let mut tasks = Vec::new();
         for i in 0..300u32 {
             let (c, store) = (committer.clone(), store.clone());
@@ -512,10 +511,7 @@ mod tests {
     async fn a_failed_fsync_fails_its_requests_and_everything_after() {
         let store = Arc::new(Tracking::default());
         let dyn_store: Arc<dyn Store> = store.clone();
-        let Ok((committer, _writer)) = Committer::start(dyn_store, KeyBytes::new([6; 32]), Arc::new(SystemClock))
-        else {
-            unreachable!("start")
-        };
+        let (committer, _writer) = start(dyn_store, 6);
         assert!(committer.commit(insert(1)).await.is_ok());
         store.fail.store(true, Ordering::SeqCst);
         assert!(matches!(
@@ -536,11 +532,7 @@ mod tests {
     async fn a_conflict_is_answered_only_once_the_winner_is_durable() {
         let store = Arc::new(Tracking::default());
         let dyn_store: Arc<dyn Store> = store.clone();
-        let Ok((committer, _writer)) = Committer::start(dyn_store, KeyBytes::new([7; 32]), Arc::new(SystemClock))
-        else {
-            unreachable!("start")
-        };
-        let committer = Arc::new(committer);
+        let (committer, _writer) = start(dyn_store, 7);
         let mut tasks = Vec::new();
         for i in 0..200u32 {
             let (c, store) = (committer.clone(), store.clone());
@@ -570,10 +562,7 @@ mod tests {
     async fn a_failed_write_latches_the_writer_shut() {
         let store = Arc::new(Tracking::default());
         let dyn_store: Arc<dyn Store> = store.clone();
-        let Ok((committer, _writer)) = Committer::start(dyn_store, KeyBytes::new([8; 32]), Arc::new(SystemClock))
-        else {
-            unreachable!("start")
-        };
+        let (committer, _writer) = start(dyn_store, 8);
         store.fail_writes.store(true, Ordering::SeqCst);
         assert!(matches!(
             committer.commit(insert(1)).await,

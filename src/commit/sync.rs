@@ -14,7 +14,6 @@ pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 /// syncer, which answers its requests once the log is synced.
 pub(super) struct Applied {
     pub(super) number: u64,
-    pub(super) requests: u64,
     pub(super) result: Result<(), StoreError>,
     /// Each request's waiter, with its refusal (`None`: its change is in the batch).
     pub(super) replies: Vec<(Reply, Option<StoreError>)>,
@@ -42,6 +41,58 @@ pub struct CommitStats {
 }
 
 impl CommitStats {
+    /// The counters as metrics: (name, help, value).
+    pub fn figures(&self) -> Vec<(&'static str, &'static str, f64)> {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+        vec![
+            (
+                "tokenvault_audit_entries",
+                "Length of the audit chain.",
+                read(&self.audit_seq),
+            ),
+            (
+                "tokenvault_commit_batches",
+                "Synced write batches since start.",
+                read(&self.batches),
+            ),
+            (
+                "tokenvault_commit_requests",
+                "Changes written since start (one or more per synced batch).",
+                read(&self.jobs),
+            ),
+            (
+                "tokenvault_commit_writes",
+                "Write batches applied since start (each fsync covers one or more).",
+                read(&self.writes),
+            ),
+            (
+                "tokenvault_wal_sync_seconds",
+                "Time spent syncing the write-ahead log since start.",
+                read(&self.sync_micros) / 1e6,
+            ),
+            (
+                "tokenvault_wal_syncs_over_2ms",
+                "Write-ahead log syncs that took over 2 ms.",
+                read(&self.syncs_over_2ms),
+            ),
+            (
+                "tokenvault_wal_syncs_over_10ms",
+                "Write-ahead log syncs that took over 10 ms.",
+                read(&self.syncs_over_10ms),
+            ),
+            (
+                "tokenvault_wal_syncs_over_50ms",
+                "Write-ahead log syncs that took over 50 ms.",
+                read(&self.syncs_over_50ms),
+            ),
+            (
+                "tokenvault_store_writes_over_10ms",
+                "Batch applications (log append, memtable inserts) that took over 10 ms.",
+                read(&self.writes_over_10ms),
+            ),
+        ]
+    }
+
     fn record_sync(&self, took: std::time::Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sync_micros.fetch_add(micros, Ordering::Relaxed);
@@ -107,9 +158,9 @@ impl Syncer {
                 tracing::error!(error = %e, "syncing the write-ahead log failed; refusing further writes");
                 self.progress.failed.store(true, Ordering::SeqCst);
             }
-            let requests: u64 = batches.iter().map(|b| b.requests).sum();
+            let requests: usize = batches.iter().map(|b| b.replies.len()).sum();
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats.jobs.fetch_add(requests, Ordering::Relaxed);
+            self.stats.jobs.fetch_add(requests as u64, Ordering::Relaxed);
             if let Some(last) = batches.last() {
                 self.progress.synced.send_replace(last.number);
             }

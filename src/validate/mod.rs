@@ -17,7 +17,7 @@ pub use brand::{detect_brand, Brand};
 pub use card::{bin_and_last4, normalize_pan, validate_cvc};
 pub use expiry::{validate_expiry, RawInt, YearMonth};
 pub use iban::{iban_country_length, normalize_iban};
-pub use luhn::luhn_valid;
+pub use luhn::{luhn_check_digit, luhn_valid};
 
 /// The stable error codes of the SPEC that validation can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,11 @@
 use super::input::AccountType;
 use super::record::{BankMeta, CardMeta, MalformedRecord, Metadata};
 
-/// The fields of a header, decoded.
+/// The fields of a header, decoded (from format 2, or from format 1's JSON).
+#[derive(serde::Deserialize)]
 pub struct Header {
     pub record_type: u8,
+    #[serde(default)]
     pub created_nanos: u64,
     pub expires_unix: Option<i64>,
     pub meta: Metadata,

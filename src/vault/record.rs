@@ -6,7 +6,7 @@
 //! [0]          record format version: 2 (binary header), or 1 (JSON header)
 //! [1..5]       length N of the header
 //! [5..5+N]     header, public metadata only: format 2 see `vault::header`;
-//!              format 1 is the JSON of `StoredHeader`
+//!              format 1 is the JSON of `StoredHeaderRef`
 //! [5+N..]      envelope (see crypto::envelope)
 //! ```
 //!
@@ -65,17 +65,8 @@ pub struct Metadata {
     pub bank_account: Option<BankMeta>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredHeader {
-    record_type: u8,
-    #[serde(default)]
-    created_nanos: u64,
-    expires_unix: Option<i64>,
-    meta: Metadata,
-}
-
-/// `StoredHeader` borrowed, for encoding without copying the metadata: the same
-/// fields in the same order, so the bytes are identical.
+/// The format-1 (JSON) header, written from borrowed fields; read back into
+/// `header::Header`, which has the same fields in the same order.
 #[derive(Serialize)]
 struct StoredHeaderRef<'a> {
     record_type: u8,
@@ -136,13 +127,7 @@ impl StoredRecord {
         let header = if format == RECORD_FORMAT {
             super::header::decode(header)?
         } else {
-            let json: StoredHeader = serde_json::from_slice(header).map_err(|_| MalformedRecord)?;
-            super::header::Header {
-                record_type: json.record_type,
-                created_nanos: json.created_nanos,
-                expires_unix: json.expires_unix,
-                meta: json.meta,
-            }
+            serde_json::from_slice::<super::header::Header>(header).map_err(|_| MalformedRecord)?
         };
         Ok(StoredRecord {
             record_type: header.record_type,

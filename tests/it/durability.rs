@@ -32,10 +32,10 @@ async fn kill_9_loses_no_acknowledged_token() {
 /// A Luhn-valid 16-digit Visa-range test number, distinct for each `i`.
 fn numbered_pan(i: u64) -> String {
     let body = format!("4{:014}", i);
-    (0..10u8)
-        .map(|d| format!("{body}{d}"))
-        .find(|pan| tokenvault::validate::luhn_valid(pan.as_bytes()))
-        .unwrap()
+    format!(
+        "{body}{}",
+        tokenvault::validate::luhn_check_digit(body.as_bytes()).unwrap()
+    )
 }
 
 /// The group commit answers many requests per fsync while the next batches are
