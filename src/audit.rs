@@ -140,7 +140,7 @@ pub fn chain(key: &KeyBytes, head: ChainHead, event: &AuditEvent, time: &str) ->
     if bytes.last() == Some(&b'}') {
         bytes.pop();
         bytes.extend_from_slice(b",\"mac\":\"");
-        bytes.extend_from_slice(hex(&mac).as_bytes());
+        push_hex(&mut bytes, &mac);
         bytes.extend_from_slice(b"\"}");
     }
     (bytes, ChainHead { seq, mac })
@@ -219,8 +219,22 @@ impl<'k> Verifier<'k> {
     }
 }
 
+/// Lower-case hex of `bytes`, appended to `out` (the writer does this for every
+/// entry, so it formats nothing and allocates at most once).
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + (n - 10) };
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
+    }
+}
+
+#[cfg(test)]
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = Vec::new();
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn unhex(text: &str) -> Option<[u8; MAC_LEN]> {
@@ -281,6 +295,13 @@ mod tests {
             }
         }
         v.finish()
+    }
+
+    #[test]
+    fn hex_is_lower_case_and_round_trips() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+        let mac: [u8; MAC_LEN] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+        assert_eq!(unhex(&hex(&mac)), Some(mac));
     }
 
     #[test]
