@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod cork;
 pub mod crypto;
 #[cfg(feature = "rocksdb")]
 pub mod daemon;

@@ -137,7 +137,8 @@ async fn serve_tls(
     let peer = Arc::new(Peer { identity });
     let state = state.clone();
     let service = service_fn(move |request| api::handle(state.clone(), peer.clone(), request));
-    let io = TokioIo::new(stream);
+    // Responses made ready together leave in one TLS record and one write.
+    let io = TokioIo::new(crate::cork::Corked::new(stream));
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
