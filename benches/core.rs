@@ -95,5 +95,24 @@ fn record(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validation, keyed, envelope, record);
+/// Decoding a tokenize request body: the well-formed case every request takes,
+/// and a body with an unknown field, which is decoded a second time to name it.
+fn request(c: &mut Criterion) {
+    use tokenvault::api::body::decode_object;
+    use tokenvault::vault::input::TokenizeRequest;
+    let good = br#"{"card":{"number":"4111111111111111","exp_month":12,"exp_year":2030,"cvc":"123","holder_name":"Ada Lovelace"},"customer":"cus_1","reuse_existing":false}"#;
+    let bad = br#"{"card":{"number":"4111111111111111","exp_month":12,"exp_year":2030,"colour":"red"}}"#;
+    assert!(decode_object::<TokenizeRequest>(good).is_ok());
+    assert!(decode_object::<TokenizeRequest>(bad).is_err());
+    let mut g = c.benchmark_group("request");
+    g.bench_function("decode_tokenize", |b| {
+        b.iter(|| decode_object::<TokenizeRequest>(black_box(good)).unwrap())
+    });
+    g.bench_function("decode_unknown_field", |b| {
+        b.iter(|| decode_object::<TokenizeRequest>(black_box(bad)).unwrap_err())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validation, keyed, envelope, record, request);
 criterion_main!(benches);

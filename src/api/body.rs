@@ -182,6 +182,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Like `decode`, for types that borrow from the body (batch envelopes).
 pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     check_shape(bytes, true)?;
+    // Most requests are well formed: decode them without tracking the path, which
+    // copies every key. Only a failure is decoded again, with the path, to name
+    // the field (the same bytes fail the same way).
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = T::deserialize(&mut de) {
+        if de.end().is_ok() {
+            return Ok(value);
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
     de.end().map_err(|_| ApiError::InvalidJson)?;
