@@ -1,69 +1,51 @@
-//! Response corking: one write to the socket for the responses that become ready
-//! together, instead of one per response.
+//! Response corking for HTTP/2 connections: one write to the socket for the
+//! responses that become ready together, instead of one per response.
 //!
 //! The commit syncer answers a whole group of requests at once (every request one
-//! fsync covered). Each answered request makes its HTTP/2 stream send a response,
-//! and the connection task, run right after it, would encrypt that one response
-//! into its own TLS record and `writev` it: on loopback that syscall also runs the
-//! peer's whole receive path, and it was the largest single cost per request.
+//! fsync covered), and a connection's requests that arrive in one read are started
+//! together. Each finished request makes its HTTP/2 stream send a response, and the
+//! connection task, run right after it, would encrypt that one response into its
+//! own TLS record and `writev` it: on loopback that syscall also runs the peer's
+//! receive path, and it was the largest single cost per request.
 //!
-//! `Corked` sits between hyper and the TLS stream. Writes are buffered; a flush
-//! while the buffer holds data does not go to the socket at once but asks the
-//! runtime to wake the task again once the worker has run the other tasks that are
-//! ready (`tokio::task::yield_now`'s deferred wake). The responses made ready by the
-//! same group of answers land in the buffer in between, and the deferred flush
-//! sends them in one TLS record and one syscall. An idle worker runs the deferred
-//! wake at once, so a lone response is not delayed; a busy one runs it at its next
-//! scheduler maintenance (every 61 task polls). A flush is never put off more than
-//! `MAX_DEFERRALS` times in a row, nor with more than `MAX_BUFFERED` bytes waiting.
+//! `Corked` sits between hyper's HTTP/2 connection and the TLS stream. Writes are
+//! buffered. The first flush of buffered data does not go to the socket: it wakes
+//! its own task and returns `Pending`, which puts the connection task at the back
+//! of its worker's run queue (where another worker may also take it), behind the
+//! stream tasks that are already runnable. Those add their responses meanwhile,
+//! and the next flush sends them all in one TLS record and one syscall. So a flush
+//! is put off once, by one pass over the ready tasks, never more; a lone response
+//! waits for one extra poll of its connection.
+//!
+//! The buffer holds plaintext responses, detokenized values among them: it grows
+//! only by copying into a new allocation and wiping the old one, is wiped after
+//! every drain and on drop, and never holds more than `MAX_BUFFERED` bytes.
+//!
+//! HTTP/1.1 connections are not corked: hyper reads the next request only after
+//! the previous response was flushed, so there is never a second response to wait
+//! for.
 
-use std::future::Future;
 use std::io;
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use zeroize::Zeroize;
 
-/// Bytes buffered before a write goes to the socket whatever else is pending.
+/// Most bytes buffered; a write beyond it waits for the buffer to drain.
 const MAX_BUFFERED: usize = 64 * 1024;
-/// Capacity a connection keeps between bursts.
+/// Smallest allocation, and the largest one kept between bursts.
+const MIN_CAPACITY: usize = 4 * 1024;
 const KEPT_CAPACITY: usize = 16 * 1024;
-/// Flushes put off in a row before one is done at once.
-const MAX_DEFERRALS: u32 = 32;
 
-/// The deferred wake: marks the flush as due, then wakes the connection's task.
-#[derive(Default)]
-struct Due {
-    ready: AtomicBool,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Wake for Due {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.store(true, Ordering::Release);
-        let waker = self.waker.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-/// A stream whose writes are gathered until the runtime has nothing else ready.
+/// A stream whose writes are gathered until the tasks ready now have run.
 pub struct Corked<S> {
     inner: S,
     buf: Vec<u8>,
     /// How much of `buf` the inner stream has already taken.
     sent: usize,
-    due: Arc<Due>,
-    /// A deferred wake is outstanding.
+    /// The flush of what is buffered has been put off once already.
     deferred: bool,
-    deferrals: u32,
 }
 
 impl<S> Corked<S> {
@@ -72,15 +54,38 @@ impl<S> Corked<S> {
             inner,
             buf: Vec::new(),
             sent: 0,
-            due: Arc::new(Due::default()),
             deferred: false,
-            deferrals: 0,
         }
+    }
+
+    /// Buffers what fits under `MAX_BUFFERED` and returns how much that was. The
+    /// buffer never reallocates in place: a larger one is made, and the old one
+    /// wiped before it is freed.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(MAX_BUFFERED.saturating_sub(self.buf.len()));
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let mut grown = Vec::with_capacity(need.next_power_of_two().clamp(MIN_CAPACITY, MAX_BUFFERED));
+            grown.extend_from_slice(&self.buf);
+            self.buf.zeroize();
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(data.get(..n).unwrap_or_default());
+        n
+    }
+
+    /// Wipes what was sent; a large buffer is wiped and freed.
+    fn wipe(&mut self) {
+        self.buf.zeroize();
+        if self.buf.capacity() > KEPT_CAPACITY {
+            self.buf = Vec::new();
+        }
+        self.sent = 0;
     }
 }
 
 impl<S: AsyncWrite + Unpin> Corked<S> {
-    /// Hands the whole buffer to the inner stream.
+    /// Hands the whole buffer to the inner stream, then wipes it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(rest) = self.buf.get(self.sent..).filter(|rest| !rest.is_empty()) {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
@@ -89,38 +94,14 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
             }
             self.sent += n;
         }
-        self.buf.clear();
-        self.buf.shrink_to(KEPT_CAPACITY);
-        self.sent = 0;
+        self.wipe();
         Poll::Ready(Ok(()))
     }
+}
 
-    /// True when this flush may wait for the deferred wake.
-    fn may_defer(&self) -> bool {
-        !self.due.ready.load(Ordering::Acquire) && self.deferrals < MAX_DEFERRALS && self.buf.len() < MAX_BUFFERED
-    }
-
-    fn defer(&mut self, cx: &mut Context<'_>) {
-        if let Ok(mut slot) = self.due.waker.lock() {
-            match slot.as_ref() {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
-            }
-        }
-        if !self.deferred {
-            self.deferred = true;
-            // The first poll of `yield_now` hands its waker to the runtime, which
-            // calls it after running the tasks that are ready now.
-            let waker = Waker::from(self.due.clone());
-            let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
-        }
-        self.deferrals += 1;
-    }
-
-    fn reset(&mut self) {
-        self.deferred = false;
-        self.deferrals = 0;
-        self.due.ready.store(false, Ordering::Release);
+impl<S> Drop for Corked<S> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
     }
 }
 
@@ -132,46 +113,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if self.buf.len() >= MAX_BUFFERED {
             ready!(self.poll_drain(cx))?;
         }
-        self.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        Poll::Ready(Ok(self.push(data)))
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.buf.len() >= MAX_BUFFERED {
-            ready!(self.poll_drain(cx))?;
-        }
-        let mut n = 0;
-        for b in bufs {
-            self.buf.extend_from_slice(b);
-            n += b.len();
-        }
-        Poll::Ready(Ok(n))
-    }
-
+    /// Not vectored: h2 then copies small DATA payloads into its own frame buffer
+    /// and hands over many frames per write. With vectored writes it keeps each
+    /// payload over 256 bytes as a separate piece, counts its buffer as full after
+    /// every response, and flushes (so defers) once per one or two responses.
     fn is_write_vectored(&self) -> bool {
-        true
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.buf.is_empty() {
-            this.reset();
+            this.deferred = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        if this.may_defer() {
-            this.defer(cx);
+        if !this.deferred && this.buf.len() < MAX_BUFFERED {
+            // Back of the run queue: the tasks that are ready now run first.
+            this.deferred = true;
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
-        this.reset();
+        this.deferred = false;
         Poll::Ready(Ok(()))
     }
 
@@ -183,62 +156,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Everything written comes out in order, whether flushed at once (no other
-    /// task ready) or after being put off.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bytes_arrive_whole_and_in_order() {
-        let (a, mut b) = tokio::io::duplex(1 << 20);
-        let mut corked = Corked::new(a);
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            let _ = b.read_to_end(&mut all).await;
-            all
-        });
-        let mut expected = Vec::new();
-        for i in 0..2000u32 {
-            let chunk = i.to_be_bytes().repeat((i % 50) as usize + 1);
-            expected.extend_from_slice(&chunk);
-            assert!(corked.write_all(&chunk).await.is_ok());
-            if i % 3 == 0 {
-                assert!(corked.flush().await.is_ok());
-            }
-        }
-        assert!(corked.shutdown().await.is_ok());
-        drop(corked);
-        assert_eq!(reader.await.ok(), Some(expected));
-    }
-
-    /// A flush completes even when nothing else ever wakes the task: the deferred
-    /// wake alone brings it back.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_lone_flush_completes() {
-        let (a, mut b) = tokio::io::duplex(1024);
-        let mut corked = Corked::new(a);
-        assert!(corked.write_all(b"hello").await.is_ok());
-        let flushed = tokio::time::timeout(std::time::Duration::from_secs(5), corked.flush()).await;
-        assert!(matches!(flushed, Ok(Ok(()))));
-        let mut got = [0u8; 5];
-        assert!(b.read_exact(&mut got).await.is_ok());
-        assert_eq!(&got, b"hello");
-    }
-
-    /// Nothing reaches the peer before the flush is due, then it all goes at once.
-    #[tokio::test(flavor = "current_thread")]
-    async fn writes_wait_for_the_flush() {
-        let (a, mut b) = tokio::io::duplex(1 << 16);
-        let mut corked = Corked::new(a);
-        assert!(corked.write_all(b"one ").await.is_ok());
-        assert!(corked.write_all(b"two").await.is_ok());
-        let mut probe = [0u8; 16];
-        let early = tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe)).await;
-        assert!(early.is_err(), "bytes left before any flush");
-        assert!(corked.flush().await.is_ok());
-        let mut got = [0u8; 7];
-        assert!(b.read_exact(&mut got).await.is_ok());
-        assert_eq!(&got, b"one two");
-    }
-}
+mod tests;

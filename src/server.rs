@@ -137,9 +137,9 @@ async fn serve_tls(
     let peer = Arc::new(Peer { identity });
     let state = state.clone();
     let service = service_fn(move |request| api::handle(state.clone(), peer.clone(), request));
-    // Responses made ready together leave in one TLS record and one write.
-    let io = TokioIo::new(crate::cork::Corked::new(stream));
     if h2 {
+        // Responses made ready together leave in one TLS record and one write.
+        let io = TokioIo::new(crate::cork::Corked::new(stream));
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -157,6 +157,7 @@ async fn serve_tls(
             }
         }
     } else {
+        let io = TokioIo::new(stream);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -1,0 +1,216 @@
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Everything written comes out in order, whether flushed or not, on a worker
+/// thread where the deferral really goes through the run queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arrive_whole_and_in_order() {
+    let (a, mut b) = tokio::io::duplex(1 << 20);
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let _ = b.read_to_end(&mut all).await;
+        all
+    });
+    let writer = tokio::spawn(async move {
+        let mut corked = Corked::new(a);
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let chunk = i.to_be_bytes().repeat((i % 50) as usize + 1);
+            expected.extend_from_slice(&chunk);
+            assert!(corked.write_all(&chunk).await.is_ok());
+            if i % 3 == 0 {
+                assert!(corked.flush().await.is_ok());
+            }
+        }
+        // One write far larger than the buffer: taken in parts, none lost.
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        expected.extend_from_slice(&big);
+        assert!(corked.write_all(&big).await.is_ok());
+        assert!(corked.shutdown().await.is_ok());
+        expected
+    });
+    let expected = writer.await.ok();
+    assert_eq!(reader.await.ok(), expected);
+}
+
+/// A flush completes even when nothing else ever wakes the task.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_flush_completes() {
+    let (a, mut b) = tokio::io::duplex(1024);
+    let mut corked = Corked::new(a);
+    assert!(corked.write_all(b"hello").await.is_ok());
+    let flushed = tokio::time::timeout(std::time::Duration::from_secs(5), corked.flush()).await;
+    assert!(matches!(flushed, Ok(Ok(()))));
+    let mut got = [0u8; 5];
+    assert!(b.read_exact(&mut got).await.is_ok());
+    assert_eq!(&got, b"hello");
+}
+
+/// Nothing reaches the peer before a flush, then it all goes at once.
+#[tokio::test(flavor = "current_thread")]
+async fn writes_wait_for_the_flush() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let mut corked = Corked::new(a);
+    assert!(corked.write_all(b"one ").await.is_ok());
+    assert!(corked.write_all(b"two").await.is_ok());
+    let mut probe = [0u8; 16];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe)).await;
+    assert!(early.is_err(), "bytes left before any flush");
+    assert!(corked.flush().await.is_ok());
+    let mut got = [0u8; 7];
+    assert!(b.read_exact(&mut got).await.is_ok());
+    assert_eq!(&got, b"one two");
+}
+
+/// A peer that stops reading cannot make the buffer grow past its bound: writes
+/// wait instead.
+#[tokio::test(flavor = "current_thread")]
+async fn the_buffer_is_bounded_when_the_peer_stops_reading() {
+    let (a, _b) = tokio::io::duplex(1024);
+    let mut corked = Corked::new(a);
+    let big = vec![7u8; 1 << 20];
+    let wrote = tokio::time::timeout(std::time::Duration::from_millis(100), corked.write_all(&big)).await;
+    assert!(
+        wrote.is_err(),
+        "a megabyte was taken by a stream whose peer reads nothing"
+    );
+    assert!(corked.buf.len() <= MAX_BUFFERED);
+    assert!(corked.buf.capacity() <= MAX_BUFFERED);
+}
+
+/// What was sent does not stay behind in the connection's buffer: a response may
+/// hold a detokenized PAN.
+#[tokio::test(flavor = "current_thread")]
+async fn sent_plaintext_is_wiped() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let mut corked = Corked::new(a);
+    let body = br#"{"card":{"number":"4111111111111111","cvc":"123"}}"#;
+    assert!(corked.write_all(body).await.is_ok());
+    assert!(corked.flush().await.is_ok());
+    let mut got = vec![0u8; body.len()];
+    assert!(b.read_exact(&mut got).await.is_ok());
+    assert!(corked.buf.is_empty());
+    assert!(corked.buf.capacity() >= body.len());
+    let spare = corked.buf.spare_capacity_mut();
+    let left: Vec<u8> = spare
+        .iter()
+        .take(body.len())
+        // SAFETY: test only. These bytes were initialised, first by the write and
+        // then by the wipe (zeroize writes the whole capacity); `clear` only set the
+        // length to zero.
+        .map(|byte| {
+            #[allow(unsafe_code)]
+            unsafe {
+                byte.assume_init()
+            }
+        })
+        .collect();
+    assert!(left.iter().all(|b| *b == 0), "sent bytes left in the buffer");
+}
+
+/// Counts the writes that reach the "socket".
+struct Counting<S>(S, Arc<AtomicUsize>);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, b)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.0).poll_write(cx, b);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Writes to the "socket" for `n` HTTP/2 responses of `body_len` bytes released
+/// together from another thread (as the commit syncer does), on real hyper.
+async fn group_writes(corked: bool, n: usize, body_len: usize) -> usize {
+    let (srv, cli) = tokio::io::duplex(1 << 22);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (gate_tx, gate) = tokio::sync::watch::channel(false);
+    let counted = arrived.clone();
+    let service = hyper::service::service_fn(move |_req| {
+        let mut gate = gate.clone();
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(vec![b'x'; body_len]))))
+        }
+    });
+    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let socket = Counting(srv, writes.clone());
+    if corked {
+        tokio::spawn(builder.serve_connection(TokioIo::new(Corked::new(socket)), service));
+    } else {
+        tokio::spawn(builder.serve_connection(TokioIo::new(socket), service));
+    }
+    let Ok((sender, conn)) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(cli)).await
+    else {
+        unreachable!("client handshake")
+    };
+    tokio::spawn(conn);
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let Ok(request) = hyper::Request::get("http://x/").body(Empty::<Bytes>::new()) else {
+                return 0;
+            };
+            match sender.send_request(request).await {
+                Ok(response) => response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0),
+                Err(_) => 0,
+            }
+        }));
+    }
+    while arrived.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = writes.load(Ordering::SeqCst);
+    let opener = std::thread::spawn(move || gate_tx.send(true));
+    for call in calls {
+        assert_eq!(call.await.ok(), Some(body_len));
+    }
+    assert!(matches!(opener.join(), Ok(Ok(()))));
+    writes.load(Ordering::SeqCst) - before
+}
+
+/// The point of corking: responses released together leave in a few writes, not
+/// one (or more) each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn responses_released_together_leave_together() {
+    let n = 32;
+    for body_len in [40, 300, 900] {
+        let plain = group_writes(false, n, body_len).await;
+        let corked = group_writes(true, n, body_len).await;
+        eprintln!("{body_len} B bodies, {n} responses: {plain} writes uncorked, {corked} corked");
+        assert!(plain >= n, "{body_len} B: {plain} writes uncorked");
+        assert!(
+            corked <= n / 4,
+            "{body_len} B: {corked} writes corked (uncorked: {plain})"
+        );
+    }
+}
