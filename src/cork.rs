@@ -15,7 +15,11 @@
 //! stream tasks that are already runnable. Those add their responses meanwhile,
 //! and the next flush sends them all in one TLS record and one syscall. So a flush
 //! is put off once, by one pass over the ready tasks, never more; a lone response
-//! waits for one extra poll of its connection.
+//! waits for one extra poll of its connection. When that pass was slow (a worker
+//! busy with long polls, such as large batches), waiting buys little and costs
+//! latency, most of all for responses over 1 KiB, which h2 flushes one by one:
+//! after a deferral of more than `SLOW_DEFERRAL` the connection flushes at once
+//! for `PLAIN_FOR`.
 //!
 //! The buffer holds plaintext responses, detokenized values among them: it grows
 //! only by copying into a new allocation and wiping the old one, is wiped after
@@ -28,6 +32,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zeroize::Zeroize;
@@ -37,6 +42,10 @@ const MAX_BUFFERED: usize = 64 * 1024;
 /// Smallest allocation, and the largest one kept between bursts.
 const MIN_CAPACITY: usize = 4 * 1024;
 const KEPT_CAPACITY: usize = 16 * 1024;
+/// A deferral longer than this means the worker is busy.
+const SLOW_DEFERRAL: Duration = Duration::from_millis(1);
+/// How long a connection then flushes without deferring.
+const PLAIN_FOR: Duration = Duration::from_millis(10);
 
 /// A stream whose writes are gathered until the tasks ready now have run.
 pub struct Corked<S> {
@@ -46,6 +55,10 @@ pub struct Corked<S> {
     sent: usize,
     /// The flush of what is buffered has been put off once already.
     deferred: bool,
+    /// When the last deferral began, until its flush measures it.
+    deferred_at: Option<Instant>,
+    /// No deferral before this time (set after a slow one).
+    plain_until: Option<Instant>,
 }
 
 impl<S> Corked<S> {
@@ -55,6 +68,24 @@ impl<S> Corked<S> {
             buf: Vec::new(),
             sent: 0,
             deferred: false,
+            deferred_at: None,
+            plain_until: None,
+        }
+    }
+
+    /// True when this flush may be put off: not already, not with a full buffer,
+    /// and not shortly after a slow deferral.
+    fn may_defer(&mut self) -> bool {
+        if self.deferred || self.buf.len() >= MAX_BUFFERED {
+            return false;
+        }
+        match self.plain_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                self.plain_until = None;
+                true
+            }
+            None => true,
         }
     }
 
@@ -136,11 +167,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
             this.deferred = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        if !this.deferred && this.buf.len() < MAX_BUFFERED {
+        if this.may_defer() {
             // Back of the run queue: the tasks that are ready now run first.
             this.deferred = true;
+            this.deferred_at = Some(Instant::now());
             cx.waker().wake_by_ref();
             return Poll::Pending;
+        }
+        if let Some(at) = this.deferred_at.take() {
+            let now = Instant::now();
+            if now.duration_since(at) > SLOW_DEFERRAL {
+                this.plain_until = Some(now + PLAIN_FOR);
+            }
         }
         ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;

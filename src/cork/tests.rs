@@ -214,3 +214,39 @@ async fn responses_released_together_leave_together() {
         );
     }
 }
+
+/// The logic of the slow-deferral guard, polled by hand: the first flush is put
+/// off once; after a deferral that took longer than `SLOW_DEFERRAL`, flushes go
+/// at once for `PLAIN_FOR`; after a quick one, they are put off again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_deferral_turns_deferring_off_for_a_while() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let mut corked = Corked::new(a);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut flush = |corked: &mut Corked<tokio::io::DuplexStream>, pause: std::time::Duration| {
+        assert!(matches!(
+            Pin::new(&mut *corked).poll_write(&mut cx, b"response"),
+            Poll::Ready(Ok(8))
+        ));
+        let first = Pin::new(&mut *corked).poll_flush(&mut cx);
+        if first.is_ready() {
+            return false;
+        }
+        std::thread::sleep(pause);
+        assert!(matches!(
+            Pin::new(&mut *corked).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        true
+    };
+    let quick = std::time::Duration::ZERO;
+    assert!(flush(&mut corked, quick), "the first flush is put off once");
+    assert!(flush(&mut corked, quick), "after a quick deferral, deferring goes on");
+    assert!(flush(&mut corked, SLOW_DEFERRAL * 3), "still put off");
+    assert!(
+        !flush(&mut corked, quick),
+        "right after a slow deferral, a flush goes at once"
+    );
+    corked.plain_until = Some(Instant::now());
+    assert!(flush(&mut corked, quick), "after the plain period, deferring resumes");
+}
