@@ -205,14 +205,20 @@ impl Store for RocksStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn put_get_last_scan_delete() {
+    /// A store in a fresh temporary directory (removed when the guard drops).
+    fn temp_store() -> (tempfile::TempDir, RocksStore) {
         let Ok(dir) = tempfile::tempdir() else {
             unreachable!("temp dir")
         };
         let Ok(store) = RocksStore::open(dir.path(), 256) else {
             unreachable!("open")
         };
+        (dir, store)
+    }
+
+    #[test]
+    fn put_get_last_scan_delete() {
+        let (_dir, store) = temp_store();
         let ops = [
             WriteOp::put(Table::Audit, vec![1], b"one".to_vec()),
             WriteOp::put(Table::Audit, vec![2], b"two".to_vec()),
@@ -234,12 +240,7 @@ mod tests {
     /// effect in the order given: the last one wins.
     #[test]
     fn ops_on_one_key_keep_their_order() {
-        let Ok(dir) = tempfile::tempdir() else {
-            unreachable!("temp dir")
-        };
-        let Ok(store) = RocksStore::open(dir.path(), 256) else {
-            unreachable!("open")
-        };
+        let (_dir, store) = temp_store();
         let ops = [
             WriteOp::put(Table::Records, b"z".to_vec(), b"first".to_vec()),
             WriteOp::put(Table::Records, b"a".to_vec(), b"kept".to_vec()),
