@@ -14,8 +14,10 @@
 //! of its worker's run queue (where another worker may also take it), behind the
 //! stream tasks that are already runnable. Those add their responses meanwhile,
 //! and the next flush sends them all in one TLS record and one syscall. So a flush
-//! is put off once, by one pass over the ready tasks, never more; a lone response
-//! waits for one extra poll of its connection. When that pass was slow (a worker
+//! is put off once, by one pass over the ready tasks, never more. It is put off
+//! only while another request on the connection is still being answered
+//! (`InFlight`): a lone response, with nothing to wait for, leaves at once instead
+//! of waiting behind whatever else the worker has queued. When that pass was slow (a worker
 //! busy with long polls, such as large batches), waiting buys little and costs
 //! latency, most of all for responses over 1 KiB, which h2 flushes one by one:
 //! after a deferral of more than `SLOW_DEFERRAL` the connection flushes at once
@@ -23,7 +25,9 @@
 //!
 //! The buffer holds plaintext responses, detokenized values among them: it grows
 //! only by copying into a new allocation and wiping the old one, is wiped after
-//! every drain and on drop, and never holds more than `MAX_BUFFERED` bytes.
+//! every drain, after a failed write and on drop, and never holds more than
+//! `MAX_BUFFERED` bytes. It is freed when a flush finds nothing to send (the
+//! burst is over), so an idle connection holds no buffer.
 //!
 //! HTTP/1.1 connections are not corked: hyper reads the next request only after
 //! the previous response was flushed, so there is never a second response to wait
@@ -31,6 +35,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,7 +45,7 @@ use zeroize::Zeroize;
 
 /// Most bytes buffered; a write beyond it waits for the buffer to drain.
 const MAX_BUFFERED: usize = 64 * 1024;
-/// Smallest allocation, and the largest one kept between bursts.
+/// Smallest allocation, and the largest one kept between drains of one burst.
 const MIN_CAPACITY: usize = 4 * 1024;
 const KEPT_CAPACITY: usize = 16 * 1024;
 /// A deferral longer than this means the worker is busy.
@@ -47,9 +53,38 @@ const SLOW_DEFERRAL: Duration = Duration::from_millis(1);
 /// How long a connection then flushes without deferring.
 const PLAIN_FOR: Duration = Duration::from_millis(10);
 
+/// The requests of one connection whose responses are not made yet: the service
+/// holds an `InFlightGuard` while it answers one.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts a request until the guard is dropped (answered or abandoned).
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.0.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+/// One request being answered; dropping it ends the count.
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A stream whose writes are gathered until the tasks ready now have run.
 pub struct Corked<S> {
     inner: S,
+    /// Requests still being answered on this connection: a flush waits only
+    /// when another response may join it.
+    in_flight: InFlight,
     buf: Vec<u8>,
     /// How much of `buf` the inner stream has already taken.
     sent: usize,
@@ -62,9 +97,10 @@ pub struct Corked<S> {
 }
 
 impl<S> Corked<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, in_flight: InFlight) -> Self {
         Corked {
             inner,
+            in_flight,
             buf: Vec::new(),
             sent: 0,
             deferred: false,
@@ -74,9 +110,10 @@ impl<S> Corked<S> {
     }
 
     /// True when this flush may be put off: not already, not with a full buffer,
-    /// and not shortly after a slow deferral.
+    /// not when no other response can join it, and not shortly after a slow
+    /// deferral.
     fn may_defer(&mut self) -> bool {
-        if self.deferred || self.buf.len() >= MAX_BUFFERED {
+        if self.deferred || self.buf.len() >= MAX_BUFFERED || !self.in_flight.any() {
             return false;
         }
         match self.plain_until {
@@ -113,17 +150,34 @@ impl<S> Corked<S> {
         }
         self.sent = 0;
     }
+
+    /// After a failed write the connection is done: nothing buffered is kept
+    /// until the connection is dropped.
+    fn discard(&mut self) {
+        self.buf.zeroize();
+        self.buf = Vec::new();
+        self.sent = 0;
+        self.deferred = false;
+        self.deferred_at = None;
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Corked<S> {
-    /// Hands the whole buffer to the inner stream, then wipes it.
+    /// Hands the whole buffer to the inner stream, then wipes it. On a failed
+    /// write the buffer is wiped at once.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(rest) = self.buf.get(self.sent..).filter(|rest| !rest.is_empty()) {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            let written = match ready!(Pin::new(&mut self.inner).poll_write(cx, rest)) {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                other => other,
+            };
+            match written {
+                Ok(n) => self.sent += n,
+                Err(e) => {
+                    self.discard();
+                    return Poll::Ready(Err(e));
+                }
             }
-            self.sent += n;
         }
         self.wipe();
         Poll::Ready(Ok(()))
@@ -164,7 +218,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.buf.is_empty() {
+            // Nothing new since the last drain: the burst is over. The buffer
+            // was wiped then; give its memory back.
             this.deferred = false;
+            if this.buf.capacity() > 0 {
+                this.buf = Vec::new();
+            }
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
         if this.may_defer() {

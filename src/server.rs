@@ -136,10 +136,22 @@ async fn serve_tls(
     let h2 = session.alpn_protocol() == Some(b"h2");
     let peer = Arc::new(Peer { identity });
     let state = state.clone();
-    let service = service_fn(move |request| api::handle(state.clone(), peer.clone(), request));
+    // Counts this connection's requests still being answered, so the cork waits
+    // only when another response may join the one it holds.
+    let in_flight = crate::cork::InFlight::default();
+    let counter = in_flight.clone();
+    let service = service_fn(move |request| {
+        let answering = counter.enter();
+        let response = api::handle(state.clone(), peer.clone(), request);
+        async move {
+            let response = response.await;
+            drop(answering);
+            response
+        }
+    });
     if h2 {
         // Responses made ready together leave in one TLS record and one write.
-        let io = TokioIo::new(crate::cork::Corked::new(stream));
+        let io = TokioIo::new(crate::cork::Corked::new(stream, in_flight));
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())

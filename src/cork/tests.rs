@@ -7,6 +7,14 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A connection with another request still being answered (the guard held), so
+/// that its flushes may be put off.
+fn busy() -> (InFlight, InFlightGuard) {
+    let in_flight = InFlight::default();
+    let guard = in_flight.enter();
+    (in_flight, guard)
+}
+
 /// Everything written comes out in order, whether flushed or not, on a worker
 /// thread where the deferral really goes through the run queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +26,8 @@ async fn bytes_arrive_whole_and_in_order() {
         all
     });
     let writer = tokio::spawn(async move {
-        let mut corked = Corked::new(a);
+        let (in_flight, _answering) = busy();
+        let mut corked = Corked::new(a, in_flight);
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let chunk = i.to_be_bytes().repeat((i % 50) as usize + 1);
@@ -43,7 +52,8 @@ async fn bytes_arrive_whole_and_in_order() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_lone_flush_completes() {
     let (a, mut b) = tokio::io::duplex(1024);
-    let mut corked = Corked::new(a);
+    let (in_flight, _answering) = busy();
+    let mut corked = Corked::new(a, in_flight);
     assert!(corked.write_all(b"hello").await.is_ok());
     let flushed = tokio::time::timeout(std::time::Duration::from_secs(5), corked.flush()).await;
     assert!(matches!(flushed, Ok(Ok(()))));
@@ -56,7 +66,8 @@ async fn a_lone_flush_completes() {
 #[tokio::test(flavor = "current_thread")]
 async fn writes_wait_for_the_flush() {
     let (a, mut b) = tokio::io::duplex(1 << 16);
-    let mut corked = Corked::new(a);
+    let (in_flight, _answering) = busy();
+    let mut corked = Corked::new(a, in_flight);
     assert!(corked.write_all(b"one ").await.is_ok());
     assert!(corked.write_all(b"two").await.is_ok());
     let mut probe = [0u8; 16];
@@ -73,7 +84,8 @@ async fn writes_wait_for_the_flush() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_buffer_is_bounded_when_the_peer_stops_reading() {
     let (a, _b) = tokio::io::duplex(1024);
-    let mut corked = Corked::new(a);
+    let (in_flight, _answering) = busy();
+    let mut corked = Corked::new(a, in_flight);
     let big = vec![7u8; 1 << 20];
     let wrote = tokio::time::timeout(std::time::Duration::from_millis(100), corked.write_all(&big)).await;
     assert!(
@@ -89,7 +101,8 @@ async fn the_buffer_is_bounded_when_the_peer_stops_reading() {
 #[tokio::test(flavor = "current_thread")]
 async fn sent_plaintext_is_wiped() {
     let (a, mut b) = tokio::io::duplex(1 << 16);
-    let mut corked = Corked::new(a);
+    let (in_flight, _answering) = busy();
+    let mut corked = Corked::new(a, in_flight);
     let body = br#"{"card":{"number":"4111111111111111","cvc":"123"}}"#;
     assert!(corked.write_all(body).await.is_ok());
     assert!(corked.flush().await.is_ok());
@@ -147,18 +160,22 @@ async fn group_writes(corked: bool, n: usize, body_len: usize) -> usize {
     let arrived = Arc::new(AtomicUsize::new(0));
     let (gate_tx, gate) = tokio::sync::watch::channel(false);
     let counted = arrived.clone();
+    let in_flight = InFlight::default();
+    let counter = in_flight.clone();
     let service = hyper::service::service_fn(move |_req| {
         let mut gate = gate.clone();
+        let answering = counter.enter();
         counted.fetch_add(1, Ordering::SeqCst);
         async move {
             let _ = gate.wait_for(|open| *open).await;
+            drop(answering);
             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(vec![b'x'; body_len]))))
         }
     });
     let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     let socket = Counting(srv, writes.clone());
     if corked {
-        tokio::spawn(builder.serve_connection(TokioIo::new(Corked::new(socket)), service));
+        tokio::spawn(builder.serve_connection(TokioIo::new(Corked::new(socket, in_flight)), service));
     } else {
         tokio::spawn(builder.serve_connection(TokioIo::new(socket), service));
     }
@@ -221,7 +238,8 @@ async fn responses_released_together_leave_together() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_deferral_turns_deferring_off_for_a_while() {
     let (a, _b) = tokio::io::duplex(1 << 16);
-    let mut corked = Corked::new(a);
+    let (in_flight, _answering) = busy();
+    let mut corked = Corked::new(a, in_flight);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut flush = |corked: &mut Corked<tokio::io::DuplexStream>, pause: std::time::Duration| {
         assert!(matches!(
@@ -249,4 +267,94 @@ async fn a_slow_deferral_turns_deferring_off_for_a_while() {
     );
     corked.plain_until = Some(Instant::now());
     assert!(flush(&mut corked, quick), "after the plain period, deferring resumes");
+}
+
+/// With no other request being answered on the connection there is nothing to
+/// wait for: the first flush sends at once. While one is, the flush is put off
+/// once. An abandoned request (its future dropped) ends its count too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_response_leaves_at_once() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let in_flight = InFlight::default();
+    let mut corked = Corked::new(a, in_flight.clone());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(matches!(
+        Pin::new(&mut corked).poll_write(&mut cx, b"alone"),
+        Poll::Ready(Ok(5))
+    ));
+    assert!(matches!(Pin::new(&mut corked).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+    let mut got = [0u8; 5];
+    assert!(b.read_exact(&mut got).await.is_ok());
+    assert_eq!(&got, b"alone");
+
+    let other = in_flight.enter();
+    assert!(matches!(
+        Pin::new(&mut corked).poll_write(&mut cx, b"first"),
+        Poll::Ready(Ok(5))
+    ));
+    assert!(
+        Pin::new(&mut corked).poll_flush(&mut cx).is_pending(),
+        "another response may join"
+    );
+    assert!(matches!(Pin::new(&mut corked).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+    drop(other);
+    assert!(!in_flight.any());
+    assert!(matches!(
+        Pin::new(&mut corked).poll_write(&mut cx, b"again"),
+        Poll::Ready(Ok(5))
+    ));
+    assert!(matches!(Pin::new(&mut corked).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+}
+
+/// A stream that takes `left` bytes, then fails every write.
+struct Failing {
+    left: usize,
+}
+
+impl AsyncWrite for Failing {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        if self.left == 0 {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = b.len().min(self.left);
+        self.left -= n;
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A write that fails part-way (the peer went away) leaves no plaintext behind
+/// until the connection is dropped, and the error reaches the caller.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_write_wipes_the_buffer() {
+    let mut corked = Corked::new(Failing { left: 10 }, InFlight::default());
+    let body = br#"{"card":{"number":"4111111111111111"}}"#;
+    assert!(corked.write_all(body).await.is_ok());
+    let flushed = corked.flush().await;
+    assert!(matches!(flushed, Err(ref e) if e.kind() == io::ErrorKind::BrokenPipe));
+    assert!(corked.buf.is_empty());
+    assert_eq!(corked.buf.capacity(), 0, "the buffer was not released");
+    assert_eq!(corked.sent, 0);
+    assert!(!corked.deferred);
+}
+
+/// A flush with nothing to send ends the burst: the connection's buffer is given
+/// back, so idle connections hold none.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_connection_holds_no_buffer() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let mut corked = Corked::new(a, InFlight::default());
+    assert!(corked.write_all(b"response").await.is_ok());
+    assert!(corked.flush().await.is_ok());
+    assert!(corked.buf.capacity() > 0, "kept for the rest of the burst");
+    assert!(corked.flush().await.is_ok());
+    assert_eq!(corked.buf.capacity(), 0);
+    let mut got = [0u8; 8];
+    assert!(b.read_exact(&mut got).await.is_ok());
+    assert_eq!(&got, b"response");
 }
