@@ -1,4 +1,4 @@
-//! Keyed MACs: credential fingerprints and the audit chain.
+//! Keyed MACs: credential fingerprints, idempotency keys and the audit chain.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -36,6 +36,20 @@ pub fn fingerprint(key: &KeyBytes, tenant: &str, kind: &str, normalized: &[u8]) 
     format!("fp_{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
+/// What the store keeps of a caller's `Idempotency-Key` header: HMAC-SHA-256
+/// under the fingerprint key over the identity, tenant and header, each length
+/// prefixed. The header is caller text (it could hold a card number) and never
+/// reaches the disk itself.
+pub fn idempotency_id(key: &KeyBytes, identity: &str, tenant: &str, header: &[u8]) -> String {
+    let mut mac = hmac(key);
+    put_field(&mut mac, b"tokenvault/idempotency-key/v1");
+    put_field(&mut mac, identity.as_bytes());
+    put_field(&mut mac, tenant.as_bytes());
+    put_field(&mut mac, header);
+    let tag = mac.finalize().into_bytes();
+    format!("ik_{}", URL_SAFE_NO_PAD.encode(tag))
+}
+
 /// The MAC of one audit entry: HMAC-SHA-256 over the previous entry's MAC and this
 /// entry's canonical bytes.
 pub fn audit_mac(key: &KeyBytes, previous: &[u8; MAC_LEN], entry: &[u8]) -> [u8; MAC_LEN] {
@@ -60,6 +74,25 @@ mod tests {
         assert_ne!(a, fingerprint(&k1, "t2", "card", b"4111111111111111"));
         assert_ne!(a, fingerprint(&k1, "t1", "card", b"4012888888881881"));
         assert!(a.starts_with("fp_") && !a.contains("4111"));
+    }
+
+    #[test]
+    fn idempotency_ids_are_keyed_per_caller_and_hide_the_header() {
+        let k = KeyBytes::new([4; 32]);
+        let a = idempotency_id(&k, "spiffe://a", "t1", b"4111111111111111");
+        assert_eq!(a, idempotency_id(&k, "spiffe://a", "t1", b"4111111111111111"));
+        assert_ne!(
+            a,
+            idempotency_id(&KeyBytes::new([5; 32]), "spiffe://a", "t1", b"4111111111111111")
+        );
+        assert_ne!(a, idempotency_id(&k, "spiffe://b", "t1", b"4111111111111111"));
+        assert_ne!(a, idempotency_id(&k, "spiffe://a", "t2", b"4111111111111111"));
+        assert_ne!(a, idempotency_id(&k, "spiffe://a", "t1", b"4111111111111112"));
+        // Length prefixes: moving bytes between fields changes the MAC.
+        assert_ne!(idempotency_id(&k, "ab", "c", b"d"), idempotency_id(&k, "a", "bc", b"d"));
+        // Not the fingerprint of the same bytes.
+        assert_ne!(&a[3..], &fingerprint(&k, "t1", "spiffe://a", b"4111111111111111")[3..]);
+        assert!(a.starts_with("ik_") && !a.contains("4111"));
     }
 
     #[test]

@@ -73,9 +73,15 @@ impl ValidationError {
     }
 }
 
+/// Characters people and systems put between groups of a card or account number
+/// ("4111-1111-1111-1111", "4111.1111…"); a single one between two digits does not
+/// end a run of digits.
+const DIGIT_SEPARATORS: &[u8] = b"-._/:,+";
+
 /// Checks a caller reference (customer id): 1–128 visible ASCII characters, and
-/// nothing that looks like a card or account number (a run of 12 or more digits),
-/// since references are stored and indexed in clear.
+/// nothing that looks like a card or account number (12 or more digits in a row,
+/// counting through single separators such as `-` or `.`), since references are
+/// stored and indexed in clear.
 pub fn validate_reference(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ValidationError::new(
@@ -85,15 +91,25 @@ pub fn validate_reference(field: &str, value: &str) -> Result<(), ValidationErro
             format!("{field} must be 1 to 128 visible ASCII characters"),
         ));
     }
+    let bytes = value.as_bytes();
     let mut run = 0usize;
-    for b in value.bytes() {
-        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+    for (i, b) in bytes.iter().enumerate() {
+        let joins_digits = DIGIT_SEPARATORS.contains(b)
+            && i.checked_sub(1)
+                .and_then(|j| bytes.get(j))
+                .is_some_and(u8::is_ascii_digit)
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if b.is_ascii_digit() {
+            run += 1;
+        } else if !joins_digits {
+            run = 0;
+        }
         if run >= 12 {
             return Err(ValidationError::new(
                 Code::InvalidRequest,
                 field,
                 "pan_like",
-                format!("{field} must not contain 12 or more digits in a row"),
+                format!("{field} must not contain 12 or more digits in a row (single separators between them count as none)"),
             ));
         }
     }
@@ -148,6 +164,39 @@ mod properties {
             let a = normalize_pan(&raw).map(|p| p.expose_secret().to_owned());
             let b = normalize_pan(&digits).map(|p| p.expose_secret().to_owned());
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn references_holding_a_number_in_groups_are_refused(
+            digits in "[0-9]{12,19}",
+            cuts in proptest::collection::vec((1usize..19, 0usize..7), 0..5),
+            prefix in "[a-z_]{0,6}",
+            suffix in "[a-z]{0,6}",
+        ) {
+            // The number split into groups by single separators, as written on
+            // forms and in other systems' ids.
+            let mut groups = digits.clone();
+            let mut cuts = cuts;
+            cuts.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+            cuts.dedup_by_key(|c| c.0);
+            for (at, sep) in cuts.into_iter().filter(|(at, _)| *at < digits.len()) {
+                groups.insert(at, char::from(DIGIT_SEPARATORS.get(sep).copied().unwrap_or(b'-')));
+            }
+            let value = format!("{prefix}{groups}{suffix}");
+            let refused = validate_reference("customer", &value);
+            prop_assert_eq!(refused.as_ref().map_err(|e| e.reason), Err("pan_like"));
+            if let Err(e) = refused {
+                let shown = format!("{:?} {}", e, e);
+                prop_assert!(!shown.contains(&digits) && !shown.contains(&groups));
+            }
+        }
+
+        #[test]
+        fn references_with_short_digit_runs_are_accepted(parts in proptest::collection::vec(("[a-z]{1,4}", "[0-9]{0,11}"), 1..6)) {
+            let value: String = parts.iter().map(|(letters, digits)| format!("{letters}{digits}")).collect();
+            if value.len() <= 128 {
+                prop_assert!(validate_reference("customer", &value).is_ok(), "{}", value);
+            }
         }
 
         #[test]

@@ -2,14 +2,15 @@
 //! the same key with another body is refused. Keys are scoped by identity and
 //! tenant and expire after 24 hours. The first response is written in the same
 //! durable batch as the records it created, under an insert-if-absent
-//! precondition, so two concurrent requests with one key create one record.
+//! precondition, so two concurrent requests with one key create one record. The
+//! header itself is never stored: the store key holds its keyed MAC.
 
 use serde::{Deserialize, Serialize};
 
 use super::record::{expiry_key, EXPIRY_IDEMPOTENCY};
 use super::{Vault, VaultError};
 use crate::commit::Expect;
-use crate::crypto::fingerprint;
+use crate::crypto::{fingerprint, idempotency_id};
 use crate::store::{Table, WriteOp};
 use crate::validate::{Code, ValidationError};
 
@@ -64,13 +65,15 @@ impl Vault {
             )
             .into());
         }
-        let mut store_key = Vec::with_capacity(identity.len() + tenant.len() + header.len() + 2);
+        // The header is caller text: only its keyed MAC is stored.
+        let ring = self.keyring();
+        let id = idempotency_id(ring.fingerprint_key(), identity, tenant, header.as_bytes());
+        let mut store_key = Vec::with_capacity(identity.len() + tenant.len() + id.len() + 2);
         for part in [identity.as_bytes(), tenant.as_bytes()] {
             store_key.extend_from_slice(part);
             store_key.push(0);
         }
-        store_key.extend_from_slice(header.as_bytes());
-        let ring = self.keyring();
+        store_key.extend_from_slice(id.as_bytes());
         let request_mac = fingerprint(ring.fingerprint_key(), tenant, &format!("idempotency:{endpoint}"), body);
         Ok(IdempotencyKey { store_key, request_mac })
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tokenvault::client::Client;
 
-use crate::harness::{card_body, contains, get, post, read_tree, TestVault, IDENTITIES};
+use crate::harness::{card_body, contains, get, post, post_idempotent, read_tree, TestVault, IDENTITIES};
 
 #[tokio::test]
 async fn stalled_request_body_is_cut_off_and_frees_its_slot() {
@@ -33,29 +33,74 @@ async fn stalled_request_body_is_cut_off_and_frees_its_slot() {
     }
 }
 
+/// Caller text that the vault keeps in clear (tenant names, customer references)
+/// or as a key (Idempotency-Key) must never carry a card number to the audit
+/// trail or the disk, whether written in one run of digits or in groups.
 #[tokio::test]
-async fn caller_text_in_tenant_or_customer_never_reaches_the_audit_trail_or_disk() {
+async fn caller_text_in_tenant_customer_or_idempotency_key_never_reaches_the_audit_trail_or_disk() {
     let mut vault = TestVault::start();
     let mut checkout = vault.client("checkout").await;
     let body = r#"{"tenant":"4111111111111111","card":{"number":"4242424242424242","exp_month":12,"exp_year":2031}}"#;
     assert_eq!(post(&mut checkout, "/v1/tokens", body).await.status, 403);
-    let body =
-        r#"{"customer":"cus-4111111111111111","card":{"number":"4242424242424242","exp_month":12,"exp_year":2031}}"#;
-    let reply = post(&mut checkout, "/v1/tokens", body).await;
-    assert_eq!((reply.status, reply.json()["reason"].as_str()), (422, Some("pan_like")));
+    for customer in [
+        "cus-4111111111111111",
+        "4111-1111-1111-1111",
+        "cus_4111.1111.1111.1111",
+        "4111/1111/1111/1111",
+    ] {
+        let body = format!(
+            r#"{{"customer":"{customer}","card":{{"number":"4242424242424242","exp_month":12,"exp_year":2031}}}}"#
+        );
+        let reply = post(&mut checkout, "/v1/tokens", &body).await;
+        assert_eq!(
+            (reply.status, reply.json()["reason"].as_str()),
+            (422, Some("pan_like")),
+            "{customer}"
+        );
+        assert!(!reply.text().contains("1111"), "{}", reply.text());
+    }
     let reply = get(&mut checkout, "/v1/customers/4111111111111111/tokens").await;
     assert_eq!(reply.status, 422);
+    let reply = get(&mut checkout, "/v1/customers/4111-1111-1111-1111/tokens").await;
+    assert_eq!(reply.status, 422);
+    // An Idempotency-Key is any visible text; it works as a key and is stored only
+    // as a keyed MAC.
+    let card = r#"{"card":{"number":"5555555555554444","exp_month":12,"exp_year":2031}}"#;
+    let first = post_idempotent(&mut checkout, card, "4111111111111111").await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let again = post_idempotent(&mut checkout, card, "4111111111111111").await;
+    assert_eq!(again.json()["token"], first.json()["token"]);
+    let other = r#"{"card":{"number":"4012888888881881","exp_month":12,"exp_year":2031}}"#;
+    assert_eq!(
+        post_idempotent(&mut checkout, other, "4111111111111111").await.status,
+        409
+    );
+    let batch = r#"{"items":[{"card":{"number":"5555555555554444","exp_month":12,"exp_year":2031}}]}"#;
+    let reply = checkout
+        .request_with(
+            Method::POST,
+            "/v1/tokens/batch",
+            Some(batch.as_bytes()),
+            &[("idempotency-key", "4111-1111-1111-1111")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
     let mut security = vault.client("security").await;
     let audit = get(&mut security, "/v1/audit?limit=1000").await;
     assert!(!audit.text().contains("4111111111111111"));
+    assert!(!audit.text().contains("4111-1111"));
     assert!(audit.text().contains("denied"));
     vault.kill9();
     for (path, bytes) in read_tree(&vault.data_dir()) {
-        assert!(
-            !contains(&bytes, b"4111111111111111"),
-            "{} holds caller text",
-            path.display()
-        );
+        for text in [
+            &b"4111111111111111"[..],
+            b"4111-1111-1111-1111",
+            b"4111.1111.1111.1111",
+            b"4111/1111/1111/1111",
+        ] {
+            assert!(!contains(&bytes, text), "{} holds caller text", path.display());
+        }
     }
 }
 
