@@ -384,9 +384,20 @@ fn serve(config_path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>) ->
     report(result)
 }
 
+/// The dev banner's example request. The card (a public test number) goes in a
+/// file beside the dev certificates, so the daemon's output never holds a card
+/// number: log scanners looking for one find nothing to flag.
+const DEV_EXAMPLE_CARD: &str =
+    "{\"card\":{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":2031,\"cvc\":\"123\"}}\n";
+
 fn print_dev_example(addr: SocketAddr) {
     let base = format!("https://{addr}");
+    let example = std::path::Path::new("keys/dev/example-card.json");
+    let body = match std::fs::write(example, DEV_EXAMPLE_CARD) {
+        Ok(()) => format!("@{}", example.display()),
+        Err(_) => "'{\"card\":{\"number\":\"…\",\"exp_month\":12,\"exp_year\":2031}}'".to_owned(),
+    };
     println!(
-        "\nTry it (from this directory):\n\n  curl --cacert keys/dev/ca.pem --cert keys/dev/checkout.pem --key keys/dev/checkout.key \\\n    -H 'content-type: application/json' \\\n    -d '{{\"card\":{{\"number\":\"4242 4242 4242 4242\",\"exp_month\":12,\"exp_year\":2031,\"cvc\":\"123\"}}}}' \\\n    {base}/v1/tokens\n\n  curl --cacert keys/dev/ca.pem --cert keys/dev/gateway.pem --key keys/dev/gateway.key \\\n    -X POST {base}/v1/tokens/TOKEN/detokenize\n"
+        "\nTry it (from this directory):\n\n  curl --cacert keys/dev/ca.pem --cert keys/dev/checkout.pem --key keys/dev/checkout.key \\\n    -H 'content-type: application/json' -d {body} \\\n    {base}/v1/tokens\n\n  curl --cacert keys/dev/ca.pem --cert keys/dev/gateway.pem --key keys/dev/gateway.key \\\n    -X POST {base}/v1/tokens/TOKEN/detokenize\n"
     );
 }

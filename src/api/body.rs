@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use super::problem::ApiError;
+use super::problem::{ApiError, JsonFault};
 use crate::validate::{Code, ValidationError};
 
 /// A request body that a handler may take, or leave for `handle` to drain: an
@@ -138,7 +138,7 @@ fn check_shape(bytes: &[u8], arrays: bool) -> Result<(), ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(_) => return Err(shape("the request body must be a JSON object")),
-        None => return Err(ApiError::InvalidJson),
+        None => return Err(ApiError::InvalidJson(JsonFault::Empty)),
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in bytes {
@@ -193,7 +193,7 @@ pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| map_error(&e))?;
-    de.end().map_err(|_| ApiError::InvalidJson)?;
+    de.end().map_err(|e| ApiError::InvalidJson(JsonFault::of(&e)))?;
     Ok(value)
 }
 
@@ -247,7 +247,7 @@ fn map_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     use serde_json::error::Category;
     let inner = e.inner();
     match inner.classify() {
-        Category::Syntax | Category::Eof | Category::Io => return ApiError::InvalidJson,
+        Category::Syntax | Category::Eof | Category::Io => return ApiError::InvalidJson(JsonFault::of(inner)),
         Category::Data => {}
     }
     // Only the message's fixed prefix is inspected; the message itself (which may
@@ -322,7 +322,7 @@ mod tests {
             Ok(_) => ("ok".into(), None, String::new()),
             Err(ApiError::Invalid(v)) => (v.code.as_str().into(), Some(v.field), v.detail),
             Err(ApiError::UnknownField { field }) => ("unknown_field".into(), field, String::new()),
-            Err(ApiError::InvalidJson) => ("invalid_json".into(), None, String::new()),
+            Err(ApiError::InvalidJson(fault)) => ("invalid_json".into(), None, format!("{fault:?}")),
             Err(ApiError::BadRequest { field, detail }) => ("invalid_request".into(), field, detail),
             Err(other) => (format!("{other:?}"), None, String::new()),
         }
@@ -357,6 +357,40 @@ mod tests {
         assert_eq!(problem(r#"{"card":"#).0, "invalid_json");
         assert_eq!(problem(r#"{} trailing"#).0, "invalid_json");
         assert_eq!(problem(r#"[]"#).0, "invalid_request");
+    }
+
+    /// A malformed body is answered with where it went wrong (line, column) and
+    /// how, never with what it held.
+    #[test]
+    fn malformed_json_is_located_not_quoted() {
+        let fault = |json: &str| match decode::<TokenizeRequest>(json.as_bytes()) {
+            Err(ApiError::InvalidJson(fault)) => Some(fault),
+            _ => None,
+        };
+        assert_eq!(fault("  "), Some(JsonFault::Empty));
+        assert_eq!(
+            fault("{\"card\":{\"number\":\"4111111111111111\",}}"),
+            Some(JsonFault::Syntax { line: 1, column: 38 })
+        );
+        assert_eq!(
+            fault("{\n  \"card\": {\n    \"number\": \"4111111111111111\"\n"),
+            Some(JsonFault::EndsEarly { line: 4, column: 0 })
+        );
+        assert_eq!(fault("{} trailing"), Some(JsonFault::Syntax { line: 1, column: 4 }));
+        assert_eq!(
+            fault("{\"card\":{\"number\":'4111111111111111'}}"),
+            Some(JsonFault::Syntax { line: 1, column: 19 })
+        );
+        for json in [
+            "{\"card\":{\"number\":\"4111111111111111\",}}",
+            "{\"card\":{\"number\":'4111111111111111'}}",
+        ] {
+            let Err(e) = decode::<TokenizeRequest>(json.as_bytes()) else {
+                panic!("accepted");
+            };
+            let shown = format!("{e:?} {e}");
+            assert!(!shown.contains("4111"), "{shown}");
+        }
     }
 
     #[test]

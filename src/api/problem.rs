@@ -13,10 +13,42 @@ use crate::store::StoreError;
 use crate::validate::ValidationError;
 use crate::vault::VaultError;
 
+/// Where and how a body failed to parse as JSON; never what it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonFault {
+    Empty,
+    Syntax { line: usize, column: usize },
+    EndsEarly { line: usize, column: usize },
+}
+
+impl JsonFault {
+    pub fn of(e: &serde_json::Error) -> JsonFault {
+        let (line, column) = (e.line(), e.column());
+        match e.classify() {
+            serde_json::error::Category::Eof => JsonFault::EndsEarly { line, column },
+            _ => JsonFault::Syntax { line, column },
+        }
+    }
+
+    fn describe(self) -> (String, &'static str) {
+        match self {
+            JsonFault::Empty => ("the request body is empty; a JSON object is expected".into(), "empty"),
+            JsonFault::Syntax { line, column } => (
+                format!("the request body is not valid JSON: syntax error at line {line}, column {column}"),
+                "syntax",
+            ),
+            JsonFault::EndsEarly { line, column } => (
+                format!("the request body is not valid JSON: it ends early, at line {line}, column {column}"),
+                "eof",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed JSON")]
-    InvalidJson,
+    InvalidJson(JsonFault),
     #[error("unknown field")]
     UnknownField { field: Option<String> },
     #[error("invalid field")]
@@ -140,7 +172,7 @@ impl ApiError {
     fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
-            InvalidJson => (StatusCode::BAD_REQUEST, "invalid_json", "Malformed JSON"),
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", "Malformed JSON"),
             UnknownField { .. } => (StatusCode::BAD_REQUEST, "unknown_field", "Unknown field"),
             Invalid(v) => (StatusCode::UNPROCESSABLE_ENTITY, v.code.as_str(), "Validation failed"),
             BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request", "Malformed request"),
@@ -176,7 +208,10 @@ impl ApiError {
     fn detail(&self) -> (String, Option<&str>, Option<&str>) {
         use ApiError::*;
         match self {
-            InvalidJson => ("the request body is not valid JSON".into(), None, None),
+            InvalidJson(fault) => {
+                let (detail, reason) = fault.describe();
+                (detail, None, Some(reason))
+            }
             UnknownField { field } => (
                 "the request has a field this endpoint does not accept".into(),
                 field.as_deref(),

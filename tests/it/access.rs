@@ -123,9 +123,22 @@ async fn wrong_method_and_media_type() {
     assert_eq!(reply.status, 415);
     let reply = post(&mut checkout, "/v1/tokens", "{\"card\":").await;
     assert_eq!(
-        (reply.status, reply.json()["type"].as_str()),
-        (400, Some("invalid_json"))
+        (
+            reply.status,
+            reply.json()["type"].as_str(),
+            reply.json()["reason"].as_str()
+        ),
+        (400, Some("invalid_json"), Some("eof"))
     );
+    let reply = post(
+        &mut checkout,
+        "/v1/tokens",
+        r#"{"card":{"number":"4111111111111111",}}"#,
+    )
+    .await;
+    assert_eq!((reply.status, reply.json()["reason"].as_str()), (400, Some("syntax")));
+    assert!(reply.json()["detail"].as_str().unwrap().ends_with("line 1, column 38"));
+    assert!(!reply.text().contains("4111"));
     let reply = post(&mut checkout, "/v1/tokens", r#"{"colour":"red","card":{}}"#).await;
     assert_eq!((reply.status, reply.json()["field"].as_str()), (400, Some("colour")));
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokenvault::client::{Client, ClientTls};
 
-use crate::harness::{card_body, detokenize, post};
+use crate::harness::{detokenize, post};
 
 struct Dev {
     child: Child,
@@ -91,14 +91,18 @@ async fn serve_dev_bootstraps_once_and_reuses() {
         .stdout
         .contains("curl --cacert keys/dev/ca.pem --cert keys/dev/checkout.pem --key keys/dev/checkout.key"));
     assert!(first.stdout.contains(&format!("https://{}/v1/tokens", first.addr)));
+    // The banner's card is in a file, not in the daemon's output.
+    assert!(first.stdout.contains("-d @keys/dev/example-card.json"));
+    let stderr = std::fs::read_to_string(dir.path().join("dev-1.err")).unwrap_or_default();
+    for output in [&first.stdout, &stderr] {
+        let digits: String = output.chars().filter(char::is_ascii_digit).collect();
+        assert!(!digits.contains("4242424242424242"), "a card number in the output");
+    }
 
+    // The curl line works as printed: its body file tokenizes.
+    let example = std::fs::read_to_string(dir.path().join("keys/dev/example-card.json")).unwrap();
     let mut checkout = client(dir.path(), first.addr, "checkout").await;
-    let created = post(
-        &mut checkout,
-        "/v1/tokens",
-        &card_body("4242 4242 4242 4242", Some("123")),
-    )
-    .await;
+    let created = post(&mut checkout, "/v1/tokens", &example).await;
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(created.json()["tenant"], "dev");
     let token = created.json()["token"].as_str().unwrap().to_owned();
