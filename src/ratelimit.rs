@@ -12,7 +12,7 @@ struct Bucket {
 
 struct Misses {
     window_start: Instant,
-    count: u32,
+    count: u64,
     reported: bool,
 }
 
@@ -21,7 +21,7 @@ pub struct RateLimiter {
     burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
     misses: Mutex<HashMap<String, Misses>>,
-    miss_threshold: u32,
+    miss_threshold: u64,
     miss_window: Duration,
 }
 
@@ -62,9 +62,10 @@ impl RateLimiter {
         }
     }
 
-    /// Counts a detokenize of an unknown token; true once per window when an
-    /// identity crosses the threshold (a possible enumeration, to be audited).
-    pub fn note_miss(&self, identity: &str) -> bool {
+    /// Counts `n` detokenizes of unknown tokens (single or in a batch); true once
+    /// per window when an identity crosses the threshold (a possible
+    /// enumeration, to be audited).
+    pub fn note_misses(&self, identity: &str, n: u64) -> bool {
         let now = Instant::now();
         let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
         let m = misses.entry(identity.to_owned()).or_insert(Misses {
@@ -79,7 +80,7 @@ impl RateLimiter {
                 reported: false,
             };
         }
-        m.count += 1;
+        m.count = m.count.saturating_add(n);
         if m.count >= self.miss_threshold && !m.reported {
             m.reported = true;
             return true;
@@ -104,7 +105,7 @@ mod tests {
     #[test]
     fn misses_are_reported_once_per_window() {
         let limiter = RateLimiter::new(0.0, 1.0);
-        let reports = (0..50).filter(|_| limiter.note_miss("a")).count();
+        let reports = (0..50).filter(|_| limiter.note_misses("a", 1)).count();
         assert_eq!(reports, 1);
     }
 }

@@ -383,12 +383,7 @@ async fn dispatch(
             let revealed = match state.vault.detokenize(&auth, token, request_id).await {
                 Ok(revealed) => revealed,
                 Err(crate::vault::VaultError::NotFound) => {
-                    if state.limiter.note_miss(&client.identity) {
-                        tracing::warn!(identity = %client.identity, "many detokenize misses: possible token enumeration");
-                        let event = AuditEvent::new(&client.identity, "detokenize", "possible_enumeration")
-                            .request_id(request_id);
-                        let _ = state.vault.audit(event).await;
-                    }
+                    ctx.note_misses(1).await;
                     return Err(ApiError::NotFound);
                 }
                 Err(e) => return Err(e.into()),
@@ -522,14 +517,26 @@ impl Ctx<'_> {
         if !matches!(result, Err(ApiError::NotFound)) {
             return;
         }
-        let mut event = AuditEvent::new(&self.client.identity, action, "not_found").request_id(self.request_id);
-        // Only opaque tokens are named: a digits-only "token" that matches nothing
-        // may be a mistyped card number.
-        if let Some(t) = crate::token::Token::parse(token).filter(|t| t.as_str().starts_with("tok_")) {
-            event = event.token(t.as_str());
-        }
+        // What matched nothing is caller text (it may hold a card number): only
+        // its keyed MAC is named.
+        let event = AuditEvent::new(&self.client.identity, action, "not_found")
+            .request_id(self.request_id)
+            .token(&self.state.vault.probe_label(token));
         if let Err(e) = self.state.vault.audit(event).await {
             tracing::error!(error = %e, "could not write an audit entry");
+        }
+    }
+
+    /// Counts detokenizes of unknown tokens towards the enumeration alarm, and
+    /// audits the identity once per window when it crosses the threshold.
+    pub(super) async fn note_misses(&self, n: u64) {
+        let identity = &self.client.identity;
+        if n > 0 && self.state.limiter.note_misses(identity, n) {
+            tracing::warn!(identity = %identity, "many detokenize misses: possible token enumeration");
+            let event = AuditEvent::new(identity, "detokenize", "possible_enumeration").request_id(self.request_id);
+            if let Err(e) = self.state.vault.audit(event).await {
+                tracing::error!(error = %e, "could not write an audit entry");
+            }
         }
     }
 

@@ -138,6 +138,10 @@ impl ApiError {
             VaultError::Conflict => ApiError::Conflict {
                 detail: "the token changed while the request was processed; retry",
             },
+            VaultError::AmbiguousToken => ApiError::Conflict {
+                detail:
+                    "this numeric token was issued in more than one of the client's tenants; use a client of one tenant",
+            },
             VaultError::Store(StoreError::Conflict) => ApiError::Conflict {
                 detail: "the request conflicts with the current state",
             },

@@ -215,6 +215,11 @@ pub(super) async fn detokenize_batch(
     for d in results.iter().flatten() {
         ctx.state.metrics.count_tenant_op(&d.meta.tenant, "detokenize");
     }
+    let misses = results
+        .iter()
+        .filter(|r| matches!(r, Err(crate::vault::VaultError::NotFound)))
+        .count();
+    ctx.note_misses(misses as u64).await;
     Ok(views::detokenized_batch(&results, ctx.request_id))
 }
 

@@ -50,6 +50,19 @@ pub fn idempotency_id(key: &KeyBytes, identity: &str, tenant: &str, header: &[u8
     format!("ik_{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
+/// What the audit trail names when a request asks for a token that matches
+/// nothing: the asked-for text is caller text (it could be a card number), so
+/// only its HMAC under the fingerprint key is kept, truncated to 128 bits.
+/// Repeated probes of one value show the same label, and an investigator holding
+/// a candidate token can be told whether it was asked for.
+pub fn probe_label(key: &KeyBytes, asked: &[u8]) -> String {
+    let mut mac = hmac(key);
+    put_field(&mut mac, b"tokenvault/audit-probe/v1");
+    put_field(&mut mac, asked);
+    let tag = mac.finalize().into_bytes();
+    format!("probe_{}", URL_SAFE_NO_PAD.encode(tag.get(..16).unwrap_or_default()))
+}
+
 /// The MAC of one audit entry: HMAC-SHA-256 over the previous entry's MAC and this
 /// entry's canonical bytes.
 pub fn audit_mac(key: &KeyBytes, previous: &[u8; MAC_LEN], entry: &[u8]) -> [u8; MAC_LEN] {

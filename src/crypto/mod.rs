@@ -9,7 +9,7 @@ mod random;
 
 pub use envelope::{open, rewrap, seal, Envelope, RecordAad, ENVELOPE_FORMAT};
 pub use keyring::{KdfParams, KekState, KekVersion, Keyring, SealedKeyring, SealingKey};
-pub use mac::{audit_mac, fingerprint, idempotency_id, MAC_LEN};
+pub use mac::{audit_mac, fingerprint, idempotency_id, probe_label, MAC_LEN};
 pub use random::fill_random;
 
 /// Failures of the crypto layer. None carries key bytes or plaintext; an envelope

@@ -73,6 +73,14 @@ pub fn validate_account_number(raw: &str) -> Result<AccountNumber, ValidationErr
             "bank_account.account_number must have 4 to 17 digits",
         ));
     }
+    if raw.bytes().all(|b| b == b'0') {
+        return Err(ValidationError::new(
+            Code::InvalidAccountNumber,
+            FIELD_ACCOUNT,
+            "zero",
+            "bank_account.account_number cannot be all zeros",
+        ));
+    }
     Ok(AccountNumber::copy_from(raw))
 }
 
@@ -120,5 +128,9 @@ mod tests {
         assert!(validate_account_number("123").is_err());
         assert!(validate_account_number("123456789012345678").is_err());
         assert!(validate_account_number("1234a").is_err());
+        assert!(validate_account_number("0001").is_ok());
+        for zeros in ["0000", "0000000000", "00000000000000000"] {
+            assert_eq!(validate_account_number(zeros).err().map(|e| e.reason), Some("zero"));
+        }
     }
 }

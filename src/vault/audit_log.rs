@@ -7,6 +7,8 @@ use crate::auth::{Authorized, ReadAudit};
 use crate::store::Table;
 
 pub const MAX_AUDIT_PAGE: usize = 1000;
+/// Most entries one page request reads while skipping other tenants' entries.
+pub const MAX_AUDIT_SCAN: usize = 10 * MAX_AUDIT_PAGE;
 
 #[derive(Debug, serde::Serialize)]
 pub struct AuditPage {
@@ -16,24 +18,60 @@ pub struct AuditPage {
 }
 
 impl Vault {
-    /// Entries with a sequence number greater than `after`, at most `limit`.
+    /// Entries with a sequence number greater than `after`, at most `limit`, that
+    /// the caller may read: those of its own tenants and those of no tenant
+    /// (start, stop, key events, refusals before a tenant was known). Another
+    /// tenant's entries are skipped; at most `MAX_AUDIT_SCAN` entries are read per
+    /// call, so a page may hold fewer than `limit` with `next` still set.
     pub fn audit_entries(
         &self,
-        _auth: &Authorized<ReadAudit>,
+        auth: &Authorized<ReadAudit>,
         after: u64,
         limit: usize,
     ) -> Result<AuditPage, VaultError> {
         let limit = limit.clamp(1, MAX_AUDIT_PAGE);
-        let rows = self
-            .store
-            .scan_from(Table::Audit, &seq_key(after.saturating_add(1)), limit + 1)?;
-        let more = rows.len() > limit;
+        let visible = |entry: &AuditEntry| {
+            entry
+                .body
+                .tenant
+                .as_ref()
+                .is_none_or(|t| auth.tenants().iter().any(|own| own == t))
+        };
         let mut entries = Vec::with_capacity(limit);
-        for (_, bytes) in rows.iter().take(limit) {
-            entries.push(serde_json::from_slice::<AuditEntry>(bytes).map_err(|_| VaultError::Corrupt)?);
+        let mut cursor = after;
+        let mut scanned = 0usize;
+        loop {
+            let rows = self
+                .store
+                .scan_from(Table::Audit, &seq_key(cursor.saturating_add(1)), limit + 1)?;
+            if rows.is_empty() {
+                return Ok(AuditPage { entries, next: None });
+            }
+            for (_, bytes) in &rows {
+                let entry = serde_json::from_slice::<AuditEntry>(bytes).map_err(|_| VaultError::Corrupt)?;
+                if entries.len() == limit {
+                    // One more entry exists after the page: read on from its end.
+                    return Ok(AuditPage {
+                        entries,
+                        next: Some(cursor),
+                    });
+                }
+                cursor = entry.body.seq;
+                scanned += 1;
+                if visible(&entry) {
+                    entries.push(entry);
+                }
+            }
+            if rows.len() <= limit {
+                return Ok(AuditPage { entries, next: None });
+            }
+            if scanned >= MAX_AUDIT_SCAN {
+                return Ok(AuditPage {
+                    entries,
+                    next: Some(cursor),
+                });
+            }
         }
-        let next = if more { entries.last().map(|e| e.body.seq) } else { None };
-        Ok(AuditPage { entries, next })
     }
 
     pub fn audit_verify(&self, _auth: &Authorized<ReadAudit>) -> Result<Verdict, VaultError> {

@@ -30,7 +30,7 @@ use crate::token::Token;
 use crate::validate::ValidationError;
 
 use cvc::CvcCache;
-use record::{fingerprint_key, storage_key, Metadata, StoredRecord};
+use record::{fingerprint_key, numeric_claim_key, storage_key, Metadata, StoredRecord};
 
 pub use backup::BackupInfo;
 pub use idempotency::{IdempotencyKey, Lookup};
@@ -50,6 +50,8 @@ pub enum VaultError {
     Expired,
     #[error("no free token could be drawn")]
     TokenSpaceExhausted,
+    #[error("the token exists in more than one of the caller's tenants")]
+    AmbiguousToken,
     #[error("forbidden: {0}")]
     Forbidden(#[from] crate::auth::AuthError),
     #[error("the idempotency key was used with another request")]
@@ -153,19 +155,24 @@ impl Vault {
         let Some(token) = Token::parse(token) else {
             return Ok(None);
         };
+        if token.as_str().starts_with("tok_") {
+            // An opaque token is the same key in every tenant: one read suffices.
+            let found = self.load_key(token.as_str().as_bytes())?;
+            return Ok(found.filter(|(record, _)| tenants.contains(&record.meta.tenant)));
+        }
+        // A numeric token is keyed per tenant. New ones are unique across tenants
+        // (`numeric_claim_key`); one issued before that may exist in two of the
+        // caller's tenants, and then no answer is safe without a tenant.
+        let mut found = None;
         for tenant in tenants {
-            if let Some((record, bytes)) = self.load_key(&storage_key(tenant, token.as_str()))? {
-                if tenants.contains(&record.meta.tenant) {
-                    return Ok(Some((record, bytes)));
+            if let Some(hit) = self.load_key(&storage_key(tenant, token.as_str()))? {
+                if found.is_some() {
+                    return Err(VaultError::AmbiguousToken);
                 }
-                // An opaque token is the same key in every tenant: one read suffices.
-                return Ok(None);
-            }
-            if token.as_str().starts_with("tok_") {
-                return Ok(None);
+                found = Some(hit);
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Reads a record the caller may see. Another tenant's token and an unknown one
@@ -208,7 +215,13 @@ impl Vault {
         ))
     }
 
+    /// The audit label of a token that matched nothing (see `probe_label`).
+    pub fn probe_label(&self, asked: &str) -> String {
+        crate::crypto::probe_label(self.keyring().fingerprint_key(), asked.as_bytes())
+    }
+
     fn detokenize_event(
+        &self,
         identity: &str,
         token: &str,
         request_id: &str,
@@ -225,13 +238,9 @@ impl Vault {
             Ok((d, version)) => {
                 event = event.token(&d.meta.token).tenant(&d.meta.tenant).key_version(*version);
             }
-            // Only opaque tokens are named: a digits-only "token" that matches
-            // nothing may be a mistyped card number.
-            Err(_) => {
-                if let Some(t) = Token::parse(token).filter(|t| t.as_str().starts_with("tok_")) {
-                    event = event.token(t.as_str());
-                }
-            }
+            // What matched nothing is caller text (it may hold a card number):
+            // only its keyed MAC is named.
+            Err(_) => event = event.token(&self.probe_label(token)),
         }
         event
     }
@@ -245,7 +254,7 @@ impl Vault {
         request_id: &str,
     ) -> Result<Detokenized, VaultError> {
         let result = self.reveal(auth.tenants(), token);
-        let event = Self::detokenize_event(auth.identity(), token, request_id, &result);
+        let event = self.detokenize_event(auth.identity(), token, request_id, &result);
         self.commit_events(vec![event]).await?;
         result.map(|(d, _)| d)
     }
@@ -262,7 +271,7 @@ impl Vault {
         let mut results = Vec::with_capacity(tokens.len());
         for token in tokens {
             let result = self.reveal(auth.tenants(), token);
-            events.push(Self::detokenize_event(auth.identity(), token, request_id, &result));
+            events.push(self.detokenize_event(auth.identity(), token, request_id, &result));
             results.push(result.map(|(d, _)| d));
         }
         self.commit_events(events).await?;
@@ -280,6 +289,14 @@ impl Vault {
             let key = fingerprint_key(&meta.tenant, fp);
             if self.store.get(Table::Fingerprints, &key)?.as_deref() == Some(meta.token.as_bytes()) {
                 ops.push(WriteOp::delete(Table::Fingerprints, key));
+            }
+        }
+        if !meta.token.starts_with("tok_") {
+            // The claim is this record's only if it names this tenant (a token
+            // issued before claims existed may share its number).
+            let claim = numeric_claim_key(&meta.token);
+            if self.store.get(Table::Fingerprints, &claim)?.as_deref() == Some(meta.tenant.as_bytes()) {
+                ops.push(WriteOp::delete(Table::Fingerprints, claim));
             }
         }
         Ok(ops)

@@ -165,6 +165,18 @@ pub fn record_key(tenant: &str, token: &str) -> Vec<u8> {
     key
 }
 
+/// The claim that makes a numeric token unique across tenants, in the
+/// fingerprint table: `\0numeric\0 token` → tenant. (Tenant names are never
+/// empty, so no fingerprint key starts with NUL.) Records stay keyed per tenant;
+/// the claim only stops two tenants from drawing the same number, which a client
+/// serving both could not tell apart.
+pub fn numeric_claim_key(token: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + token.len());
+    key.extend_from_slice(b"\0numeric\0");
+    key.extend_from_slice(token.as_bytes());
+    key
+}
+
 /// `tenant \0 fingerprint`.
 pub fn fingerprint_key(tenant: &str, fingerprint: &str) -> Vec<u8> {
     record_key(tenant, fingerprint)

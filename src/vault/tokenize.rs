@@ -9,7 +9,8 @@ use super::credential::{validate_request, Credential};
 use super::idempotency::IdempotencyKey;
 use super::input::{TokenFormat, TokenizeRequest};
 use super::record::{
-    customer_key, encode_payload, expiry_key, fingerprint_key, storage_key, Metadata, StoredRecord, EXPIRY_TOKEN,
+    customer_key, encode_payload, expiry_key, fingerprint_key, numeric_claim_key, storage_key, Metadata, StoredRecord,
+    EXPIRY_TOKEN,
 };
 use super::{Vault, VaultError};
 use crate::audit::AuditEvent;
@@ -85,7 +86,8 @@ impl Vault {
             if let Some(meta) = existing {
                 prepared.change.events.push(event("reused", &meta.token));
                 if let Some(cvc) = cvc {
-                    prepared.cvcs.push((meta.token.clone().into_bytes(), cvc));
+                    // Held under the record's storage key, where detokenize looks.
+                    prepared.cvcs.push((storage_key(tenant, &meta.token), cvc));
                 }
                 prepared.outcomes.push(Ok(Tokenized { created: false, meta }));
                 return Ok(prepared);
@@ -156,6 +158,17 @@ impl Vault {
         if let Some(at) = expires_unix {
             let key = expiry_key(EXPIRY_TOKEN, at, &token_key);
             change.ops.push(WriteOp::put(Table::Expiries, key, Vec::new()));
+        }
+        if !token.as_str().starts_with("tok_") {
+            // Numeric tokens: one number, one tenant (a draw that another tenant
+            // holds conflicts and is drawn again).
+            let claim = numeric_claim_key(token.as_str());
+            change.ops.push(WriteOp::put(
+                Table::Fingerprints,
+                claim.clone(),
+                tenant.as_bytes().to_vec(),
+            ));
+            change.expect.push(Expect::absent(Table::Fingerprints, claim));
         }
         change.events.push(event("ok", token.as_str()));
         change.expect.push(Expect::absent(Table::Records, token_key.clone()));

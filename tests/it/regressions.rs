@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tokenvault::client::Client;
 
-use crate::harness::{card_body, contains, get, post, post_idempotent, read_tree, TestVault, IDENTITIES};
+use crate::harness::{card_body, contains, detokenize, get, post, post_idempotent, read_tree, TestVault, IDENTITIES};
 
 #[tokio::test]
 async fn stalled_request_body_is_cut_off_and_frees_its_slot() {
@@ -128,11 +128,16 @@ async fn concurrent_reuse_existing_requests_share_one_token() {
     assert_eq!((tokens.len(), created), (1, 1));
 }
 
+/// Numeric tokens keep BIN6 and last 4, so two cards (or two tenants) share one
+/// space of middle digits. A number is issued once across all tenants: a client
+/// serving two tenants must never be answered with the other tenant's card, nor
+/// delete it. Exhaustion of a small space is a clean 422.
 #[tokio::test]
-async fn numeric_tokens_are_unique_per_tenant_and_exhaustion_is_a_clean_422() {
+async fn numeric_tokens_are_unique_across_tenants_and_exhaustion_is_a_clean_422() {
     const TWO: &[(&str, &str, &str, &str)] = &[
         ("t1", "spiffe://test/t1", r#"["tokenize"]"#, r#"["t1"]"#),
         ("t2", "spiffe://test/t2", r#"["tokenize"]"#, r#"["t2"]"#),
+        ("both", "spiffe://test/both", r#"["detokenize"]"#, r#"["t1", "t2"]"#),
     ];
     let vault = TestVault::start_with(TWO, "");
     let mut t1 = vault.client("t1").await;
@@ -140,21 +145,51 @@ async fn numeric_tokens_are_unique_per_tenant_and_exhaustion_is_a_clean_422() {
         |pan: &str| format!(r#"{{"format":"numeric","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#);
     // A 12-digit PAN leaves two free digits: at most 90 numeric tokens.
     let mut last = None;
+    let mut first_tenant = std::collections::HashSet::new();
     for _ in 0..100 {
         let reply = post(&mut t1, "/v1/tokens", &numeric("501800000009")).await;
         if reply.status != 201 {
             last = Some(reply);
             break;
         }
+        first_tenant.insert(reply.json()["token"].as_str().unwrap().to_owned());
     }
     let exhausted = last.expect("the numeric space of a 12-digit PAN ran out");
     assert_eq!(exhausted.status, 422);
     assert_eq!(exhausted.json()["type"], "invalid_request");
     assert_eq!(exhausted.json()["field"], "format");
-    // Another tenant is not affected, for that card or another.
+    // Another tenant, another card with the same BIN6 and last 4: never one of
+    // the numbers already issued.
     let mut t2 = vault.client("t2").await;
-    assert_eq!(post(&mut t2, "/v1/tokens", &numeric("501800000009")).await.status, 201);
-    assert_eq!(post(&mut t2, "/v1/tokens", &numeric("501800180009")).await.status, 201);
+    let mut second_tenant = Vec::new();
+    for _ in 0..20 {
+        let reply = post(&mut t2, "/v1/tokens", &numeric("501800180009")).await;
+        match reply.status {
+            201 => {
+                let token = reply.json()["token"].as_str().unwrap().to_owned();
+                assert!(!first_tenant.contains(&token), "{token} issued in two tenants");
+                second_tenant.push(token);
+            }
+            422 => assert_eq!(reply.json()["field"], "format"),
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    assert_eq!(
+        post(&mut t2, "/v1/tokens", &numeric("4111111111111111")).await.status,
+        201
+    );
+    // The client of both tenants gets each token's own card.
+    let mut both = vault.client("both").await;
+    for token in first_tenant.iter().take(10) {
+        let revealed = detokenize(&mut both, token).await;
+        assert_eq!(revealed.json()["card"]["number"], "501800000009", "{token}");
+        assert_eq!(revealed.json()["tenant"], "t1");
+    }
+    for token in &second_tenant {
+        let revealed = detokenize(&mut both, token).await;
+        assert_eq!(revealed.json()["card"]["number"], "501800180009", "{token}");
+        assert_eq!(revealed.json()["tenant"], "t2");
+    }
 }
 
 #[tokio::test]
@@ -356,4 +391,96 @@ async fn too_many_or_too_large_headers_get_a_problem_document() {
         assert_eq!(reply.status, 431);
         assert_eq!(reply.json()["reason"], "headers");
     }
+}
+
+/// A token that matches nothing is caller text: it may be a card number wrapped
+/// in `tok_…`. The audit trail names only a keyed MAC of it (`probe_…`), the same
+/// for the same text, on every endpoint that takes a token.
+#[tokio::test]
+async fn unknown_tokens_reach_the_audit_trail_only_as_a_keyed_mac() {
+    let mut vault = TestVault::start();
+    let mut checkout = vault.client("checkout").await;
+    let mut gateway = vault.client("gateway").await;
+    let asked = [
+        "tok_4111111111111111AAAAAAAA",
+        "tok_5555-5555-5555-4444-XXXX",
+        "tok_378282246310005_________",
+    ];
+    assert_eq!(
+        get(&mut checkout, &format!("/v1/tokens/{}", asked[0])).await.status,
+        404
+    );
+    assert_eq!(
+        get(&mut checkout, &format!("/v1/tokens/{}", asked[0])).await.status,
+        404
+    );
+    assert_eq!(detokenize(&mut gateway, asked[1]).await.status, 404);
+    let deleted = checkout
+        .request(Method::DELETE, &format!("/v1/tokens/{}", asked[2]), None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 404);
+    let body = format!(r#"{{"tokens":["{}","tok_6011111111111117ABCDEFGH"]}}"#, asked[0]);
+    let batch = post(&mut gateway, "/v1/detokenize/batch", &body).await;
+    assert_eq!(batch.status, 200, "{}", batch.text());
+
+    let mut security = vault.client("security").await;
+    let audit = get(&mut security, "/v1/audit?limit=1000").await;
+    let entries = audit.json()["entries"].as_array().unwrap().clone();
+    let probes: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["outcome"] == "not_found")
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(probes.len(), 6, "{}", audit.text());
+    assert!(probes.iter().all(|p| p.starts_with("probe_")), "{probes:?}");
+    // The same text, the same label: the two GETs and the batch's first item.
+    assert_eq!(probes[0], probes[1]);
+    assert_eq!(probes[0], probes[4]);
+    assert_ne!(probes[0], probes[2]);
+    for digits in [
+        "4111111111111111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "6011111111111117",
+    ] {
+        assert!(!audit.text().contains(digits), "{digits} in the audit trail");
+    }
+    vault.kill9();
+    for (path, bytes) in read_tree(&vault.data_dir()) {
+        for digits in [
+            "4111111111111111",
+            "5555-5555-5555-4444",
+            "378282246310005",
+            "6011111111111117",
+        ] {
+            assert!(
+                !contains(&bytes, digits.as_bytes()),
+                "{} holds caller text",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Unknown tokens asked for in batches count towards the enumeration alarm as
+/// single ones do.
+#[tokio::test]
+async fn batch_detokenize_misses_raise_the_enumeration_alarm() {
+    let vault = TestVault::start();
+    let mut gateway = vault.client("gateway").await;
+    let tokens: Vec<String> = (0..25)
+        .map(|i| format!("\"tok_unknownunknownunknown{i:03}\""))
+        .collect();
+    let body = format!(r#"{{"tokens":[{}]}}"#, tokens.join(","));
+    assert_eq!(post(&mut gateway, "/v1/detokenize/batch", &body).await.status, 200);
+    let mut security = vault.client("security").await;
+    let audit = get(&mut security, "/v1/audit?limit=1000").await;
+    let alarms = audit.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "possible_enumeration")
+        .count();
+    assert_eq!(alarms, 1, "{}", audit.text());
 }
