@@ -232,6 +232,30 @@ pub fn iban_country_length(country: &str) -> Option<usize> {
     LENGTHS.iter().find(|(code, _)| *code == country).map(|&(_, len)| len)
 }
 
+/// True when `text`, read without its punctuation, holds a valid IBAN anywhere
+/// (a registry country, its length and format, mod-97): for free-form caller
+/// references, which are stored in clear.
+pub fn contains_iban(text: &str) -> bool {
+    let compact: Vec<u8> = text
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_uppercase())
+        .collect();
+    (0..compact.len()).any(|i| {
+        let Some([a, b, c, d]) = compact.get(i..i + 4) else {
+            return false;
+        };
+        if !(a.is_ascii_alphabetic() && b.is_ascii_alphabetic() && c.is_ascii_digit() && d.is_ascii_digit()) {
+            return false;
+        }
+        let country = String::from_utf8_lossy(&[*a, *b]).into_owned();
+        let candidate = iban_country_length(&country).and_then(|len| compact.get(i..i + len));
+        candidate
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .is_some_and(|s| normalize_iban(s).is_ok())
+    })
+}
+
 fn error(reason: &'static str, detail: &str) -> ValidationError {
     ValidationError::new(Code::InvalidIban, FIELD, reason, detail)
 }

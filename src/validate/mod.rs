@@ -16,7 +16,7 @@ pub use aba::{validate_account_number, validate_routing_number};
 pub use brand::{detect_brand, Brand};
 pub use card::{bin_and_last4, normalize_pan, validate_cvc};
 pub use expiry::{validate_expiry, RawInt, YearMonth};
-pub use iban::{iban_country_length, normalize_iban};
+pub use iban::{contains_iban, iban_country_length, normalize_iban};
 pub use luhn::{luhn_check_digit, luhn_valid};
 
 /// The stable error codes of the SPEC that validation can produce.
@@ -73,15 +73,15 @@ impl ValidationError {
     }
 }
 
-/// Characters people and systems put between groups of a card or account number
-/// ("4111-1111-1111-1111", "4111.1111…"); a single one between two digits does not
-/// end a run of digits.
-const DIGIT_SEPARATORS: &[u8] = b"-._/:,+";
+/// Most punctuation characters in a row that still join two groups of digits
+/// ("4111-1111", "4111 | 1111", "(411) 111", "5555%205555").
+const MAX_JOIN: usize = 3;
 
 /// Checks a caller reference (customer id): 1–128 visible ASCII characters, and
-/// nothing that looks like a card or account number (12 or more digits in a row,
-/// counting through single separators such as `-` or `.`), since references are
-/// stored and indexed in clear.
+/// nothing that looks like a card or account number or an IBAN, since references
+/// are stored and indexed in clear. A number is 12 or more digits in groups
+/// joined by up to three punctuation characters (`-`, `.`, `|`, `%20`, …); an
+/// IBAN is found with its punctuation removed and must pass its checks.
 pub fn validate_reference(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ValidationError::new(
@@ -91,29 +91,49 @@ pub fn validate_reference(field: &str, value: &str) -> Result<(), ValidationErro
             format!("{field} must be 1 to 128 visible ASCII characters"),
         ));
     }
-    let bytes = value.as_bytes();
-    let mut run = 0usize;
-    for (i, b) in bytes.iter().enumerate() {
-        let joins_digits = DIGIT_SEPARATORS.contains(b)
-            && i.checked_sub(1)
-                .and_then(|j| bytes.get(j))
-                .is_some_and(u8::is_ascii_digit)
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
-        if b.is_ascii_digit() {
-            run += 1;
-        } else if !joins_digits {
-            run = 0;
-        }
-        if run >= 12 {
-            return Err(ValidationError::new(
-                Code::InvalidRequest,
-                field,
-                "pan_like",
-                format!("{field} must not contain 12 or more digits in a row (single separators between them count as none)"),
-            ));
-        }
+    if longest_digit_run(value.as_bytes()) >= 12 {
+        return Err(ValidationError::new(
+            Code::InvalidRequest,
+            field,
+            "pan_like",
+            format!("{field} must not hold 12 or more digits, even in groups joined by punctuation"),
+        ));
+    }
+    if contains_iban(value) {
+        return Err(ValidationError::new(
+            Code::InvalidRequest,
+            field,
+            "iban_like",
+            format!("{field} must not hold an IBAN"),
+        ));
     }
     Ok(())
+}
+
+/// The most digits in one run, where up to `MAX_JOIN` punctuation characters
+/// between two digits do not end it (letters do).
+fn longest_digit_run(bytes: &[u8]) -> usize {
+    let (mut run, mut longest, mut i) = (0usize, 0usize, 0usize);
+    while let Some(b) = bytes.get(i) {
+        if b.is_ascii_digit() {
+            run += 1;
+            longest = longest.max(run);
+            i += 1;
+            continue;
+        }
+        let gap = bytes
+            .get(i..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|c| !c.is_ascii_alphanumeric())
+            .count();
+        let joins = run > 0 && gap <= MAX_JOIN && bytes.get(i + gap).is_some_and(u8::is_ascii_digit);
+        if !joins {
+            run = 0;
+        }
+        i += gap.max(1);
+    }
+    longest
 }
 
 /// Checks a free-text field (holder name, address line, customer reference):
@@ -144,6 +164,45 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// Punctuation written between groups of a number (no spaces: references
+    /// are visible ASCII).
+    const SEPARATORS: &[&str] = &[
+        "-", ".", "_", "/", ":", ",", "+", "|", "~", "*", "=", "#", ";", "--", "%20", ")-", "__",
+    ];
+
+    #[test]
+    fn references_that_hide_numbers_or_ibans_are_refused() {
+        let reason = |v: &str| validate_reference("customer", v).err().map(|e| e.reason);
+        for v in [
+            "4111|1111|1111|1111",
+            "4111~1111~1111~1111",
+            "4111--1111--1111--1111",
+            "5555%205555%205555%204444",
+            "(411)111-111-111-11",
+            "cus_4111.1111.1111.1111",
+            "acct:123456789012",
+        ] {
+            assert_eq!(reason(v), Some("pan_like"), "{v}");
+        }
+        for v in [
+            "NL91ABNA0417164300",
+            "cus-nl91-abna-0417-1643-00",
+            "ref=nl91abna0417164300;x",
+        ] {
+            assert_eq!(reason(v), Some("iban_like"), "{v}");
+        }
+        for v in [
+            "cus_8842",
+            "user-2024-0001",
+            "order#123456789",
+            "9f1c2b7e-4d3a-4c8e-b1f0-2a6d9e3c7b15",
+            "NL91ABNA0417164301",
+            "4111a1111b",
+        ] {
+            assert_eq!(reason(v), None, "{v}");
+        }
+    }
+
     proptest! {
         #[test]
         fn pan_normalisation_never_panics_and_is_idempotent(raw in "\\PC{0,40}") {
@@ -169,7 +228,7 @@ mod properties {
         #[test]
         fn references_holding_a_number_in_groups_are_refused(
             digits in "[0-9]{12,19}",
-            cuts in proptest::collection::vec((1usize..19, 0usize..7), 0..5),
+            cuts in proptest::collection::vec((1usize..19, 0usize..SEPARATORS.len()), 0..5),
             prefix in "[a-z_]{0,6}",
             suffix in "[a-z]{0,6}",
         ) {
@@ -180,7 +239,7 @@ mod properties {
             cuts.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
             cuts.dedup_by_key(|c| c.0);
             for (at, sep) in cuts.into_iter().filter(|(at, _)| *at < digits.len()) {
-                groups.insert(at, char::from(DIGIT_SEPARATORS.get(sep).copied().unwrap_or(b'-')));
+                groups.insert_str(at, SEPARATORS.get(sep).copied().unwrap_or("-"));
             }
             let value = format!("{prefix}{groups}{suffix}");
             let refused = validate_reference("customer", &value);

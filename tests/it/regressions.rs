@@ -47,6 +47,8 @@ async fn caller_text_in_tenant_customer_or_idempotency_key_never_reaches_the_aud
         "4111-1111-1111-1111",
         "cus_4111.1111.1111.1111",
         "4111/1111/1111/1111",
+        "4111|1111|1111|1111",
+        "(411)111-111-111-11",
     ] {
         let body = format!(
             r#"{{"customer":"{customer}","card":{{"number":"4242424242424242","exp_month":12,"exp_year":2031}}}}"#
