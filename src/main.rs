@@ -131,6 +131,10 @@ enum KeysCommand {
 
 #[derive(clap::Args)]
 struct Offline {
+    /// Work offline on the development vault of `serve --dev` in this directory
+    /// (data/dev, keys/dev/keyring.sealed, the development passphrase).
+    #[arg(long, conflicts_with_all = ["data_dir", "keyring", "passphrase_file"])]
+    dev: bool,
     /// Work offline on this (stopped daemon's) data directory.
     #[arg(long, requires = "keyring")]
     data_dir: Option<PathBuf>,
@@ -271,6 +275,14 @@ fn keys(command: KeysCommand) -> ExitCode {
 }
 
 fn audit_source<'a>(offline: &'a Offline, conn: &'a Connection) -> Result<admin::AuditSource<'a>, String> {
+    if offline.dev {
+        let passphrase = read_passphrase(&PassphraseSource::Dev).map_err(|e| e.to_string())?;
+        return Ok(admin::AuditSource::Offline {
+            data_dir: std::path::Path::new("data/dev"),
+            keyring: std::path::Path::new("keys/dev/keyring.sealed"),
+            passphrase,
+        });
+    }
     match (&offline.data_dir, &offline.keyring) {
         (Some(data_dir), Some(keyring)) => {
             let source = offline

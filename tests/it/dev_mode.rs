@@ -121,6 +121,21 @@ async fn serve_dev_bootstraps_once_and_reuses() {
     let revealed = detokenize(&mut gateway, &token).await;
     assert_eq!(revealed.status, 200);
     assert_eq!(revealed.json()["card"]["number"], "4242424242424242");
+    drop(second);
+
+    // The stopped dev vault's audit chain, verified offline.
+    let verify = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .args(["audit", "verify", "--dev", "--json"])
+        .current_dir(dir.path())
+        .env_remove("TOKENVAULT_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("true"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[test]
