@@ -26,8 +26,9 @@
 //! The buffer holds plaintext responses, detokenized values among them: it grows
 //! only by copying into a new allocation and wiping the old one, is wiped after
 //! every drain, after a failed write and on drop, and never holds more than
-//! `MAX_BUFFERED` bytes. It is freed when a flush finds nothing to send (the
-//! burst is over), so an idle connection holds no buffer.
+//! `MAX_BUFFERED` bytes. It is freed after a drain when no other request on the
+//! connection is being answered (the burst is over), so an idle connection holds
+//! no buffer.
 //!
 //! HTTP/1.1 connections are not corked: hyper reads the next request only after
 //! the previous response was flushed, so there is never a second response to wait
@@ -142,10 +143,12 @@ impl<S> Corked<S> {
         n
     }
 
-    /// Wipes what was sent; a large buffer is wiped and freed.
+    /// Wipes what was sent. The buffer is kept for the rest of a burst (another
+    /// request still being answered) unless it grew large; otherwise it is freed,
+    /// so an idle connection holds none.
     fn wipe(&mut self) {
         self.buf.zeroize();
-        if self.buf.capacity() > KEPT_CAPACITY {
+        if self.buf.capacity() > KEPT_CAPACITY || !self.in_flight.any() {
             self.buf = Vec::new();
         }
         self.sent = 0;

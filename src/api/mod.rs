@@ -511,17 +511,21 @@ impl Ctx<'_> {
         Ok(value)
     }
 
-    /// An unknown token (or another tenant's: the two are one case) is audited, so
-    /// that probing for tokens leaves a trace. A malformed token is not written.
+    /// An unknown, malformed or another tenant's token (one case to the caller) is
+    /// audited, so that probing for tokens leaves a trace; the entry names a keyed
+    /// MAC of what was asked for, never the text.
     async fn audit_unknown_token<T>(&self, result: &Result<T, ApiError>, action: &'static str, token: &str) {
         if !matches!(result, Err(ApiError::NotFound)) {
             return;
         }
         // What matched nothing is caller text (it may hold a card number): only
-        // its keyed MAC is named.
-        let event = AuditEvent::new(&self.client.identity, action, "not_found")
+        // its keyed MAC is named. A client of one tenant files the entry under it.
+        let mut event = AuditEvent::new(&self.client.identity, action, "not_found")
             .request_id(self.request_id)
             .token(&self.state.vault.probe_label(token));
+        if let [tenant] = self.client.tenants.as_slice() {
+            event = event.tenant(tenant);
+        }
         if let Err(e) = self.state.vault.audit(event).await {
             tracing::error!(error = %e, "could not write an audit entry");
         }

@@ -123,7 +123,7 @@ impl ApiError {
                 crate::validate::Code::InvalidRequest,
                 "format",
                 "exhausted",
-                "no unused numeric token is left for this card number in this tenant; use format opaque",
+                "no unused numeric token is left for this card number's first 6 and last 4 digits; use format opaque",
             )),
             VaultError::Forbidden(e) => ApiError::from(e.clone()),
             VaultError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,

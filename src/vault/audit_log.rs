@@ -9,6 +9,8 @@ use crate::store::Table;
 pub const MAX_AUDIT_PAGE: usize = 1000;
 /// Most entries one page request reads while skipping other tenants' entries.
 pub const MAX_AUDIT_SCAN: usize = 10 * MAX_AUDIT_PAGE;
+/// Entries read per store scan while filling a page.
+const SCAN_CHUNK: usize = MAX_AUDIT_PAGE + 1;
 
 #[derive(Debug, serde::Serialize)]
 pub struct AuditPage {
@@ -41,28 +43,37 @@ impl Vault {
         let mut cursor = after;
         let mut scanned = 0usize;
         loop {
+            // Fixed-size chunks whatever the page size: skipping other tenants'
+            // entries takes few scans.
             let rows = self
                 .store
-                .scan_from(Table::Audit, &seq_key(cursor.saturating_add(1)), limit + 1)?;
-            if rows.is_empty() {
-                return Ok(AuditPage { entries, next: None });
-            }
-            for (_, bytes) in &rows {
-                let entry = serde_json::from_slice::<AuditEntry>(bytes).map_err(|_| VaultError::Corrupt)?;
+                .scan_from(Table::Audit, &seq_key(cursor.saturating_add(1)), SCAN_CHUNK)?;
+            for (key, bytes) in &rows {
                 if entries.len() == limit {
-                    // One more entry exists after the page: read on from its end.
+                    // Another entry exists after the page: read on from its end.
                     return Ok(AuditPage {
                         entries,
                         next: Some(cursor),
                     });
                 }
-                cursor = entry.body.seq;
+                // The cursor moves by the store's key, which only grows: an entry
+                // whose body disagrees is corrupt, and paging cannot loop.
+                let seq = key
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| VaultError::Corrupt)?;
+                let entry = serde_json::from_slice::<AuditEntry>(bytes).map_err(|_| VaultError::Corrupt)?;
+                if seq <= cursor || entry.body.seq != seq {
+                    return Err(VaultError::Corrupt);
+                }
+                cursor = seq;
                 scanned += 1;
                 if visible(&entry) {
                     entries.push(entry);
                 }
             }
-            if rows.len() <= limit {
+            if rows.len() < SCAN_CHUNK {
                 return Ok(AuditPage { entries, next: None });
             }
             if scanned >= MAX_AUDIT_SCAN {

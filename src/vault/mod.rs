@@ -223,6 +223,7 @@ impl Vault {
     fn detokenize_event(
         &self,
         identity: &str,
+        tenants: &[String],
         token: &str,
         request_id: &str,
         result: &Result<(Detokenized, u32), VaultError>,
@@ -239,8 +240,14 @@ impl Vault {
                 event = event.token(&d.meta.token).tenant(&d.meta.tenant).key_version(*version);
             }
             // What matched nothing is caller text (it may hold a card number):
-            // only its keyed MAC is named.
-            Err(_) => event = event.token(&self.probe_label(token)),
+            // only its keyed MAC is named. A client of one tenant files the entry
+            // under it, so other tenants' auditors do not see it.
+            Err(_) => {
+                event = event.token(&self.probe_label(token));
+                if let [tenant] = tenants {
+                    event = event.tenant(tenant);
+                }
+            }
         }
         event
     }
@@ -254,7 +261,7 @@ impl Vault {
         request_id: &str,
     ) -> Result<Detokenized, VaultError> {
         let result = self.reveal(auth.tenants(), token);
-        let event = self.detokenize_event(auth.identity(), token, request_id, &result);
+        let event = self.detokenize_event(auth.identity(), auth.tenants(), token, request_id, &result);
         self.commit_events(vec![event]).await?;
         result.map(|(d, _)| d)
     }
@@ -271,7 +278,7 @@ impl Vault {
         let mut results = Vec::with_capacity(tokens.len());
         for token in tokens {
             let result = self.reveal(auth.tenants(), token);
-            events.push(self.detokenize_event(auth.identity(), token, request_id, &result));
+            events.push(self.detokenize_event(auth.identity(), auth.tenants(), token, request_id, &result));
             results.push(result.map(|(d, _)| d));
         }
         self.commit_events(events).await?;

@@ -48,7 +48,7 @@ async fn caller_text_in_tenant_customer_or_idempotency_key_never_reaches_the_aud
         "cus_4111.1111.1111.1111",
         "4111/1111/1111/1111",
         "4111|1111|1111|1111",
-        "(411)111-111-111-11",
+        "(411)111-111-111-111-1",
     ] {
         let body = format!(
             r#"{{"customer":"{customer}","card":{{"number":"4242424242424242","exp_month":12,"exp_year":2031}}}}"#
@@ -63,8 +63,10 @@ async fn caller_text_in_tenant_customer_or_idempotency_key_never_reaches_the_aud
     }
     let reply = get(&mut checkout, "/v1/customers/4111111111111111/tokens").await;
     assert_eq!(reply.status, 422);
+    // A lookup stores nothing; only unbroken runs are refused there, so that
+    // references stored before the stored-reference checks grew stay readable.
     let reply = get(&mut checkout, "/v1/customers/4111-1111-1111-1111/tokens").await;
-    assert_eq!(reply.status, 422);
+    assert_eq!(reply.status, 200, "{}", reply.text());
     // An Idempotency-Key is any visible text; it works as a key and is stored only
     // as a keyed MAC.
     let card = r#"{"card":{"number":"5555555555554444","exp_month":12,"exp_year":2031}}"#;
@@ -143,55 +145,50 @@ async fn numeric_tokens_are_unique_across_tenants_and_exhaustion_is_a_clean_422(
     ];
     let vault = TestVault::start_with(TWO, "");
     let mut t1 = vault.client("t1").await;
+    let mut t2 = vault.client("t2").await;
     let numeric =
         |pan: &str| format!(r#"{{"format":"numeric","card":{{"number":"{pan}","exp_month":12,"exp_year":2031}}}}"#);
-    // A 12-digit PAN leaves two free digits: at most 90 numeric tokens.
+    // Two 13-digit cards with one BIN6 and last 4 share 900 middle numbers: 60
+    // tokens in each tenant, never one number twice.
+    let mut issued = std::collections::HashMap::new();
+    for (client, pan, tenant) in [(&mut t1, "5018000080009", "t1"), (&mut t2, "5018000160009", "t2")] {
+        for _ in 0..60 {
+            let reply = post(client, "/v1/tokens", &numeric(pan)).await;
+            assert_eq!(reply.status, 201, "{}", reply.text());
+            let token = reply.json()["token"].as_str().unwrap().to_owned();
+            assert!(
+                issued.insert(token.clone(), (pan, tenant)).is_none(),
+                "{token} issued twice"
+            );
+        }
+    }
+    assert_eq!(issued.len(), 120);
+    // The client of both tenants gets each token's own card.
+    let mut both = vault.client("both").await;
+    for (token, (pan, tenant)) in &issued {
+        let revealed = detokenize(&mut both, token).await;
+        assert_eq!(revealed.status, 200, "{}", revealed.text());
+        assert_eq!(revealed.json()["card"]["number"], *pan, "{token}");
+        assert_eq!(revealed.json()["tenant"], *tenant);
+    }
+    // A 12-digit PAN leaves two free digits: at most 90 numeric tokens, then a
+    // clean 422.
     let mut last = None;
-    let mut first_tenant = std::collections::HashSet::new();
     for _ in 0..100 {
         let reply = post(&mut t1, "/v1/tokens", &numeric("501800000009")).await;
         if reply.status != 201 {
             last = Some(reply);
             break;
         }
-        first_tenant.insert(reply.json()["token"].as_str().unwrap().to_owned());
     }
     let exhausted = last.expect("the numeric space of a 12-digit PAN ran out");
     assert_eq!(exhausted.status, 422);
     assert_eq!(exhausted.json()["type"], "invalid_request");
     assert_eq!(exhausted.json()["field"], "format");
-    // Another tenant, another card with the same BIN6 and last 4: never one of
-    // the numbers already issued.
-    let mut t2 = vault.client("t2").await;
-    let mut second_tenant = Vec::new();
-    for _ in 0..20 {
-        let reply = post(&mut t2, "/v1/tokens", &numeric("501800180009")).await;
-        match reply.status {
-            201 => {
-                let token = reply.json()["token"].as_str().unwrap().to_owned();
-                assert!(!first_tenant.contains(&token), "{token} issued in two tenants");
-                second_tenant.push(token);
-            }
-            422 => assert_eq!(reply.json()["field"], "format"),
-            other => panic!("{other}: {}", reply.text()),
-        }
-    }
     assert_eq!(
         post(&mut t2, "/v1/tokens", &numeric("4111111111111111")).await.status,
         201
     );
-    // The client of both tenants gets each token's own card.
-    let mut both = vault.client("both").await;
-    for token in first_tenant.iter().take(10) {
-        let revealed = detokenize(&mut both, token).await;
-        assert_eq!(revealed.json()["card"]["number"], "501800000009", "{token}");
-        assert_eq!(revealed.json()["tenant"], "t1");
-    }
-    for token in &second_tenant {
-        let revealed = detokenize(&mut both, token).await;
-        assert_eq!(revealed.json()["card"]["number"], "501800180009", "{token}");
-        assert_eq!(revealed.json()["tenant"], "t2");
-    }
 }
 
 #[tokio::test]

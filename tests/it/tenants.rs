@@ -458,6 +458,11 @@ async fn audit_pages_hold_only_the_callers_tenants() {
             .status,
         201
     );
+    // A probe by a client of one tenant is filed under that tenant.
+    assert_eq!(
+        get(&mut us, "/v1/tokens/tok_AAAAAAAAAAAAAAAAAAAAAAAA").await.status,
+        404
+    );
 
     let read_all = |name: &'static str| {
         let vault = &vault;
@@ -487,6 +492,6 @@ async fn audit_pages_hold_only_the_callers_tenants() {
         "the daemon's own entries are shown"
     );
     let seen_all = read_all("audit_all").await;
-    assert_eq!(seen_all.iter().filter(|t| t.as_deref() == Some("us")).count(), 30);
+    assert_eq!(seen_all.iter().filter(|t| t.as_deref() == Some("us")).count(), 31);
     assert_eq!(seen_all.iter().filter(|t| t.as_deref() == Some("eu")).count(), 2);
 }
