@@ -94,6 +94,21 @@ pub async fn run_with(
         max_wraps_per_key: config.limits.max_wraps_per_key,
     };
     let vault = Arc::new(Vault::new(keyring, store.clone(), committer, clock, settings));
+    // Once: claims for numeric tokens issued before numbers were unique across
+    // tenants.
+    match vault.backfill_numeric_claims().await {
+        Ok(Some(report)) => tracing::info!(
+            claimed = report.claimed,
+            shared = report.shared,
+            "numeric token claims written"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(DaemonError::Store(StoreError::Unavailable(format!(
+                "the numeric token claims could not be written: {e}"
+            ))))
+        }
+    }
     vault
         .audit(AuditEvent::new(SYSTEM, "start", "ok").key_version(key_version))
         .await

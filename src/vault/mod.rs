@@ -5,6 +5,8 @@
 
 mod audit_log;
 mod backup;
+mod claims;
+pub use claims::ClaimBackfill;
 pub mod credential;
 pub mod cvc;
 mod header;
