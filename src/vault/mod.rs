@@ -74,6 +74,13 @@ pub enum VaultError {
     Store(#[from] StoreError),
 }
 
+/// The record a detokenize found, named in its audit entry even when it was not
+/// revealed.
+struct Owner {
+    token: String,
+    tenant: String,
+}
+
 /// Identity recorded for the vault's own actions (start, stop, purge).
 pub const SYSTEM: &str = "tokenvault";
 
@@ -201,9 +208,26 @@ impl Vault {
         Ok(open(&ring, aad, &record.envelope)?)
     }
 
-    /// Opens one record for a detokenize, without auditing: the caller audits.
-    fn reveal(&self, tenants: &[String], token: &str) -> Result<(Detokenized, u32), VaultError> {
-        let (record, _) = self.find(tenants, token, true)?;
+    /// Opens one record for a detokenize, without auditing: the caller audits. A
+    /// record that was found (even if expired or unreadable) is named with the
+    /// result, so that its audit entry carries its token and tenant.
+    fn reveal(&self, tenants: &[String], token: &str) -> (Result<(Detokenized, u32), VaultError>, Option<Owner>) {
+        let record = match self.load(tenants, token) {
+            Ok(Some((record, _))) => record,
+            Ok(None) => return (Err(VaultError::NotFound), None),
+            Err(e) => return (Err(e), None),
+        };
+        let owner = Some(Owner {
+            token: record.meta.token.clone(),
+            tenant: record.meta.tenant.clone(),
+        });
+        if record.is_expired(self.now_unix()) {
+            return (Err(VaultError::Expired), owner);
+        }
+        (self.open_record(record), owner)
+    }
+
+    fn open_record(&self, record: StoredRecord) -> Result<(Detokenized, u32), VaultError> {
         let plain = self.open_payload(&record)?;
         let key_version = record.envelope.kek_version()?;
         let cvc = self.cvc.take(&record.storage_key(), self.clock.now());
@@ -228,23 +252,26 @@ impl Vault {
         tenants: &[String],
         token: &str,
         request_id: &str,
-        result: &Result<(Detokenized, u32), VaultError>,
+        (result, owner): &(Result<(Detokenized, u32), VaultError>, Option<Owner>),
     ) -> AuditEvent {
         let outcome = match result {
             Ok(_) => "ok",
             Err(VaultError::NotFound) => "not_found",
             Err(VaultError::Expired) => "expired",
+            Err(VaultError::AmbiguousToken) => "ambiguous",
             Err(_) => "error",
         };
         let mut event = AuditEvent::new(identity, "detokenize", outcome).request_id(request_id);
-        match result {
-            Ok((d, version)) => {
+        match (result, owner) {
+            (Ok((d, version)), _) => {
                 event = event.token(&d.meta.token).tenant(&d.meta.tenant).key_version(*version);
             }
+            // A record was found but not revealed (expired, unreadable).
+            (Err(_), Some(owner)) => event = event.token(&owner.token).tenant(&owner.tenant),
             // What matched nothing is caller text (it may hold a card number):
             // only its keyed MAC is named. A client of one tenant files the entry
             // under it, so other tenants' auditors do not see it.
-            Err(_) => {
+            (Err(_), None) => {
                 event = event.token(&self.probe_label(token));
                 if let [tenant] = tenants {
                     event = event.tenant(tenant);
@@ -265,7 +292,7 @@ impl Vault {
         let result = self.reveal(auth.tenants(), token);
         let event = self.detokenize_event(auth.identity(), auth.tenants(), token, request_id, &result);
         self.commit_events(vec![event]).await?;
-        result.map(|(d, _)| d)
+        result.0.map(|(d, _)| d)
     }
 
     /// Reveals up to 1,000 tokens, one result per token in order, all audited in
@@ -281,7 +308,7 @@ impl Vault {
         for token in tokens {
             let result = self.reveal(auth.tenants(), token);
             events.push(self.detokenize_event(auth.identity(), auth.tenants(), token, request_id, &result));
-            results.push(result.map(|(d, _)| d));
+            results.push(result.0.map(|(d, _)| d));
         }
         self.commit_events(events).await?;
         Ok(results)
@@ -355,3 +382,6 @@ impl Vault {
         self.cvc.sweep(self.clock.now())
     }
 }
+
+#[cfg(test)]
+mod tests;
