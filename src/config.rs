@@ -84,7 +84,15 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
+    /// An HTTP/2 connection with no request in flight for this long is closed
+    /// (GOAWAY); HTTP/1.1 idles out by `header_timeout_ms`.
     pub idle_timeout_ms: u64,
+    /// Any connection older than this is drained (GOAWAY) and closed: clients
+    /// reconnect, and a certificate is checked again at least this often.
+    pub max_connection_age_ms: u64,
+    /// Request bodies held in memory at once, all connections together; a body
+    /// that would exceed it is refused with 503.
+    pub max_buffered_body_bytes: usize,
     pub max_connections: usize,
     pub max_h2_streams: u32,
     pub shutdown_grace_ms: u64,
@@ -111,6 +119,8 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            max_connection_age_ms: 3_600_000,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
             max_connections: 4096,
             max_h2_streams: 128,
             shutdown_grace_ms: 10_000,

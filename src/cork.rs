@@ -36,7 +36,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -56,27 +56,62 @@ const PLAIN_FOR: Duration = Duration::from_millis(10);
 
 /// The requests of one connection whose responses are not made yet: the service
 /// holds an `InFlightGuard` while it answers one.
-#[derive(Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+#[derive(Clone)]
+pub struct InFlight(Arc<Activity>);
+
+struct Activity {
+    count: AtomicUsize,
+    /// When the count last changed, in milliseconds after `since`.
+    last_ms: AtomicU64,
+    since: Instant,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight(Arc::new(Activity {
+            count: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }))
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Release);
+    }
+}
 
 impl InFlight {
     /// Counts a request until the guard is dropped (answered or abandoned).
     pub fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        self.0.touch();
         InFlightGuard(self.0.clone())
     }
 
     fn any(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.0.count.load(Ordering::Acquire) > 0
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.any() {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
+        self.0.since.elapsed().saturating_sub(last)
     }
 }
 
 /// One request being answered; dropping it ends the count.
-pub struct InFlightGuard(Arc<AtomicUsize>);
+pub struct InFlightGuard(Arc<Activity>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

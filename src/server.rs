@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState, Peer};
 use crate::config::Limits;
+use crate::cork::InFlight;
 use crate::tls::{peer_identity, TlsReloader};
 
 /// Serves until `shutdown` turns true, then drains for at most the grace period.
@@ -76,10 +77,13 @@ pub async fn run(
         // Each connection uses the configuration in force when it was accepted.
         let acceptor = TlsAcceptor::from(tls.current());
         let state = state.clone();
-        let shutdown = stop.clone();
+        let ends = Ends {
+            shutdown: stop.clone(),
+            reloads: tls.reloads(),
+        };
         let limits = limits.clone();
         connections.spawn(async move {
-            serve_connection(tcp, acceptor, state, shutdown, &limits).await;
+            serve_connection(tcp, acceptor, state, ends, &limits).await;
             drop(permit);
         });
     }
@@ -96,26 +100,60 @@ pub async fn run(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    state: Arc<AppState>,
+/// What ends a connection besides its client: the daemon's stop, and a TLS
+/// reload (new certificates or CRLs), after which every connection is drained so
+/// that a revoked certificate keeps none.
+struct Ends {
     shutdown: watch::Receiver<bool>,
-    limits: &Limits,
-) {
+    reloads: watch::Receiver<u64>,
+}
+
+/// Why a connection is being drained.
+#[derive(Debug, Clone, Copy)]
+enum Drain {
+    Shutdown,
+    TlsReload,
+    Idle,
+    MaxAge,
+}
+
+impl Ends {
+    /// Resolves when the connection should be drained: a stop, a TLS reload, no
+    /// request in flight for `idle` (HTTP/2 only: `None` for HTTP/1.1, whose idle
+    /// wait is hyper's header timeout), or its age passing `max_age`.
+    async fn wait(&mut self, in_flight: &InFlight, idle: Option<Duration>, max_age: Duration) -> Drain {
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut reloads_open = true;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.changed() => return Drain::Shutdown,
+                changed = self.reloads.changed(), if reloads_open => match changed {
+                    Ok(()) => return Drain::TlsReload,
+                    // The reloader is gone (the daemon is stopping): no more reloads.
+                    Err(_) => reloads_open = false,
+                },
+                _ = tick.tick() => {
+                    if idle.is_some_and(|idle| in_flight.idle_for() >= idle) {
+                        return Drain::Idle;
+                    }
+                    if started.elapsed() >= max_age {
+                        return Drain::MaxAge;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<AppState>, ends: Ends, limits: &Limits) {
     let _ = tcp.set_nodelay(true);
     state.metrics.connection_opened();
-    serve_tls(tcp, acceptor, &state, shutdown, limits).await;
+    serve_tls(tcp, acceptor, &state, ends, limits).await;
     state.metrics.connection_closed();
 }
 
-async fn serve_tls(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    state: &Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-    limits: &Limits,
-) {
+async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, state: &Arc<AppState>, mut ends: Ends, limits: &Limits) {
     let handshake = tokio::time::timeout(Limits::ms(limits.handshake_timeout_ms), acceptor.accept(tcp)).await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
@@ -135,10 +173,12 @@ async fn serve_tls(
     let identity = session.peer_certificates().and_then(peer_identity);
     let h2 = session.alpn_protocol() == Some(b"h2");
     let peer = Arc::new(Peer { identity });
+    let max_age = Limits::ms(limits.max_connection_age_ms);
+    let grace = Limits::ms(limits.shutdown_grace_ms);
     let state = state.clone();
     // Counts this connection's requests still being answered, so the cork waits
     // only when another response may join the one it holds.
-    let in_flight = crate::cork::InFlight::default();
+    let in_flight = InFlight::default();
     let counter = in_flight.clone();
     let service = service_fn(move |request| {
         let answering = counter.enter();
@@ -151,7 +191,7 @@ async fn serve_tls(
     });
     if h2 {
         // Responses made ready together leave in one TLS record and one write.
-        let io = TokioIo::new(crate::cork::Corked::new(stream, in_flight));
+        let io = TokioIo::new(crate::cork::Corked::new(stream, in_flight.clone()));
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -161,11 +201,14 @@ async fn serve_tls(
             .keep_alive_timeout(Limits::ms(limits.header_timeout_ms));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
+        let idle = Some(Limits::ms(limits.idle_timeout_ms));
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
+            why = ends.wait(&in_flight, idle, max_age) => {
+                tracing::debug!(reason = ?why, "draining an HTTP/2 connection");
                 conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                // A client that reads nothing cannot hold the connection past the grace.
+                let _ = tokio::time::timeout(grace, conn).await;
             }
         }
     } else {
@@ -181,9 +224,10 @@ async fn serve_tls(
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = shutdown.changed() => {
+            why = ends.wait(&in_flight, None, max_age) => {
+                tracing::debug!(reason = ?why, "draining an HTTP/1.1 connection");
                 conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                let _ = tokio::time::timeout(grace, conn).await;
             }
         }
     }

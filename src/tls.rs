@@ -117,6 +117,9 @@ pub struct TlsReloader {
     files: TlsFiles,
     current: std::sync::RwLock<Arc<ServerConfig>>,
     stamp: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+    /// Counts successful reloads; open connections drain when it changes, so a
+    /// certificate revoked by a new CRL loses the connections it already has.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl TlsReloader {
@@ -127,7 +130,13 @@ impl TlsReloader {
             files,
             current: std::sync::RwLock::new(config),
             stamp: std::sync::Mutex::new(stamp),
+            generation: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes after every successful reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn current(&self) -> Arc<ServerConfig> {
@@ -158,6 +167,8 @@ impl TlsReloader {
         let config = server_config(&self.files)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         *current = config;
+        drop(current);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
         Ok(())
     }
 

@@ -274,11 +274,14 @@ async fn revoked_certificates_are_refused_and_crls_reload() {
         201
     );
 
-    // Revoke it: the next connection is refused (file change picked up, or SIGHUP).
+    // Revoke it: the next connection is refused (file change picked up, or SIGHUP),
+    // and the connection it already had is drained and closed.
     std::fs::write(&crl, vault.pki.ca.crl(&[777_001]).unwrap()).unwrap();
     vault.hangup();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     refused(&vault, vault.pki.tls("doomed")).await;
+    let old_connection = doomed.request(http::Method::GET, "/healthz", None).await;
+    assert!(old_connection.is_err(), "the revoked client kept its open connection");
     let mut fine = vault.client("checkout").await;
     assert_eq!(get(&mut fine, "/healthz").await.status, 200);
 
@@ -303,4 +306,45 @@ async fn not_yet_valid_client_certificate_is_refused() {
     let mut tls = vault.pki.tls("checkout");
     tls.identity = Some((leaf.cert_pem.into_bytes(), leaf.key_pem.as_bytes().to_vec()));
     refused(&vault, tls).await;
+}
+
+/// HTTP/2 connections end on their own: after `idle_timeout_ms` with no request
+/// in flight, and after `max_connection_age_ms` however busy (GOAWAY, then closed),
+/// so no client can hold a connection slot for ever.
+#[tokio::test]
+async fn idle_and_old_http2_connections_are_closed() {
+    let vault = TestVault::start_with(
+        crate::harness::IDENTITIES,
+        "idle_timeout_ms = 600\nmax_connection_age_ms = 3000",
+    );
+    let mut idle = vault.client("checkout").await;
+    assert_eq!(idle.alpn(), Some(&b"h2"[..]));
+    assert_eq!(get(&mut idle, "/healthz").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        idle.request(http::Method::GET, "/healthz", None).await.is_err(),
+        "an idle connection stayed open"
+    );
+
+    // A busy connection: a request every 100 ms keeps it from idling out, until
+    // its age passes the limit.
+    let mut busy_again = vault.client("checkout").await;
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        match busy_again.request(http::Method::GET, "/healthz", None).await {
+            Ok(reply) if reply.status == 200 => served += 1,
+            _ => break,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let lasted = started.elapsed();
+    assert!(served >= 10, "only {served} requests before the connection ended");
+    assert!(
+        lasted < std::time::Duration::from_secs(8),
+        "the connection outlived its age limit: {lasted:?}"
+    );
+    // New connections are served as ever.
+    let mut fresh = vault.client("checkout").await;
+    assert_eq!(get(&mut fresh, "/healthz").await.status, 200);
 }
