@@ -7,6 +7,8 @@ use http::{header, HeaderMap};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::problem::{ApiError, JsonFault};
@@ -49,21 +51,71 @@ pub async fn drain(mut body: Incoming, max: usize, timeout: std::time::Duration)
 
 /// Reads the whole body, refusing more than `limit` bytes (first by
 /// `Content-Length`, then while reading a body without one).
+/// The memory all request bodies held at once may take (`max_buffered_body_bytes`),
+/// counted in KiB: a body takes its share as it grows and gives it back when it is
+/// dropped, so clients that send many large bodies slowly cannot exhaust memory.
+#[derive(Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        BodyBudget(Arc::new(Semaphore::new(kib(bytes).clamp(1, Semaphore::MAX_PERMITS))))
+    }
+}
+
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024)
+}
+
+/// A request body read into memory: wiped when dropped, and holding its share of
+/// the `BodyBudget` until then.
+pub struct RequestBody {
+    bytes: Zeroizing<Vec<u8>>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for RequestBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 pub async fn read_body(
     headers: &HeaderMap,
     slot: BodySlot,
     limit: usize,
     timeout: std::time::Duration,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    budget: &BodyBudget,
+) -> Result<RequestBody, ApiError> {
     if declared_length(headers).is_some_and(|n| n > limit as u64) {
         // Left in the slot: `handle` drains a moderately sized body after answering.
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let body = slot.take().ok_or(ApiError::Internal)?;
     // A client that stops sending mid-body must not hold a connection slot.
-    tokio::time::timeout(timeout, read_body_inner(headers, body, limit))
+    tokio::time::timeout(timeout, read_body_inner(headers, body, limit, budget))
         .await
         .map_err(|_| ApiError::RequestTimeout)?
+}
+
+/// Takes the budget for a buffer of `capacity` bytes, on top of what `share`
+/// already holds; 503 when the vault holds too many bodies already.
+fn grow_share(share: &mut Option<OwnedSemaphorePermit>, capacity: usize, budget: &BodyBudget) -> Result<(), ApiError> {
+    let held = share.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    let more = kib(capacity).saturating_sub(held);
+    if more == 0 {
+        return Ok(());
+    }
+    let extra = u32::try_from(more)
+        .ok()
+        .and_then(|n| budget.0.clone().try_acquire_many_owned(n).ok())
+        .ok_or(ApiError::Unavailable)?;
+    match share {
+        Some(permit) => permit.merge(extra),
+        None => *share = Some(extra),
+    }
+    Ok(())
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -73,11 +125,18 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+async fn read_body_inner(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<RequestBody, ApiError> {
     let declared = declared_length(headers);
     // Reserve only a little up front: memory follows the bytes that arrive, not
     // what a client declares.
     let capacity = declared.map_or(1024, |n| n as usize).min(limit).min(16 * 1024);
+    let mut share = None;
+    grow_share(&mut share, capacity, budget)?;
     let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -95,7 +154,9 @@ async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> R
         if needed > buf.capacity() {
             // Grow by copying into a new wiped-on-drop buffer, so the old allocation
             // is zeroized rather than freed with card data in it.
-            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(buf.capacity() * 2).min(limit)));
+            let grown = needed.max(buf.capacity() * 2).min(limit);
+            grow_share(&mut share, buf.capacity() + grown, budget)?;
+            let mut bigger = Zeroizing::new(Vec::with_capacity(grown));
             bigger.extend_from_slice(&buf);
             buf = bigger;
         }
@@ -106,7 +167,10 @@ async fn read_body_inner(headers: &HeaderMap, body: Incoming, limit: usize) -> R
             data.advance(n);
         }
     }
-    Ok(buf)
+    Ok(RequestBody {
+        bytes: buf,
+        _share: share,
+    })
 }
 
 /// `Content-Type` must be `application/json` (parameters such as charset allowed).
@@ -357,6 +421,29 @@ mod tests {
         assert_eq!(problem(r#"{"card":"#).0, "invalid_json");
         assert_eq!(problem(r#"{} trailing"#).0, "invalid_json");
         assert_eq!(problem(r#"[]"#).0, "invalid_request");
+    }
+
+    /// Bodies take their share of the budget as they grow and give it back when
+    /// dropped; one that would exceed it is refused (503), not buffered.
+    #[test]
+    fn bodies_share_a_bounded_budget() {
+        let budget = BodyBudget::new(8 * 1024);
+        let mut first = None;
+        assert!(grow_share(&mut first, 2 * 1024, &budget).is_ok());
+        assert!(grow_share(&mut first, 6 * 1024, &budget).is_ok());
+        assert_eq!(first.as_ref().map(OwnedSemaphorePermit::num_permits), Some(6));
+        let mut second = None;
+        assert!(matches!(
+            grow_share(&mut second, 4 * 1024, &budget),
+            Err(ApiError::Unavailable)
+        ));
+        assert!(second.is_none());
+        assert!(grow_share(&mut second, 2 * 1024, &budget).is_ok());
+        drop(first);
+        assert!(grow_share(&mut second, 8 * 1024, &budget).is_ok());
+        assert_eq!(budget.0.available_permits(), 0);
+        drop(second);
+        assert_eq!(budget.0.available_permits(), 8);
     }
 
     /// A malformed body is answered with where it went wrong (line, column) and

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub backup_dir: Option<std::path::PathBuf>,
     pub limiter: RateLimiter,
+    /// Memory for request bodies, all connections together.
+    pub body_budget: body::BodyBudget,
     request_ids: RequestIds,
 }
 
@@ -46,6 +48,7 @@ impl AppState {
             vault,
             clients,
             limiter: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
+            body_budget: body::BodyBudget::new(limits.max_buffered_body_bytes),
             limits,
             ready: AtomicBool::new(true),
             metrics: Arc::new(Metrics::default()),
@@ -377,6 +380,7 @@ async fn dispatch(
                     body,
                     state.limits.max_body_bytes,
                     state.limits.body_timeout(),
+                    &state.body_budget,
                 )
                 .await?,
             );

@@ -100,10 +100,18 @@ async fn json_body(
     ctx: &Ctx<'_>,
     request: Request<super::body::BodySlot>,
     limit: usize,
-) -> Result<(http::request::Parts, zeroize::Zeroizing<Vec<u8>>), ApiError> {
+) -> Result<(http::request::Parts, body::RequestBody), ApiError> {
     let (parts, body) = request.into_parts();
     body::require_json(&parts.headers)?;
-    let raw = body::read_body(&parts.headers, body, limit, ctx.state.limits.body_timeout()).await?;
+    let state = ctx.state;
+    let raw = body::read_body(
+        &parts.headers,
+        body,
+        limit,
+        state.limits.body_timeout(),
+        &state.body_budget,
+    )
+    .await?;
     Ok((parts, raw))
 }
 

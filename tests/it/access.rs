@@ -348,3 +348,29 @@ async fn idle_and_old_http2_connections_are_closed() {
     let mut fresh = vault.client("checkout").await;
     assert_eq!(get(&mut fresh, "/healthz").await.status, 200);
 }
+
+/// Request bodies held in memory are bounded across all connections: one that
+/// would exceed `max_buffered_body_bytes` is refused with 503, small ones pass.
+#[tokio::test]
+async fn buffered_request_bodies_are_bounded() {
+    let vault = TestVault::start_with(crate::harness::IDENTITIES, "max_buffered_body_bytes = 8192");
+    let mut checkout = vault.client("checkout").await;
+    assert_eq!(
+        post(&mut checkout, "/v1/tokens", &card_body("4111111111111111", None))
+            .await
+            .status,
+        201
+    );
+    let item = r#"{"card":{"number":"4111111111111111","exp_month":12,"exp_year":2031}}"#;
+    let batch = format!(r#"{{"items":[{}]}}"#, vec![item; 200].join(","));
+    let reply = post(&mut checkout, "/v1/tokens/batch", &batch).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["type"], "unavailable");
+    assert!(!reply.text().contains("4111"));
+    assert_eq!(
+        post(&mut checkout, "/v1/tokens", &card_body("4111111111111111", None))
+            .await
+            .status,
+        201
+    );
+}
