@@ -121,15 +121,22 @@ pub fn restore(from: &Path, to: &Path) -> Result<u64, String> {
     }
     RocksStore::open_read_only(from).map_err(|e| format!("{} is not a readable backup: {e}", from.display()))?;
     copy_tree(from, to).map_err(|e| format!("copying into {}: {e}", to.display()))?;
+    crate::store::owner_only(to).map_err(|e| format!("{}: {e}", to.display()))?;
     let store = RocksStore::open_read_only(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    records_in(&store).map_err(|e| e.to_string())
+}
+
+/// The records a store holds, from its per-key-version counters (`kek/<version>`
+/// in the meta table; nothing else in that table is summed).
+pub fn records_in(store: &dyn Store) -> Result<u64, crate::store::StoreError> {
     let mut records = 0u64;
-    for (_, value) in store
-        .scan_from(Table::Meta, b"kek/", 1 << 16)
-        .map_err(|e| e.to_string())?
-    {
+    for (key, value) in store.scan_from(Table::Meta, b"kek/", 1 << 16)? {
+        if !key.starts_with(b"kek/") {
+            break;
+        }
         if let Some(bytes) = value.get(..8) {
             let n = i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
-            records += u64::try_from(n).unwrap_or(0);
+            records = records.saturating_add(u64::try_from(n).unwrap_or(0));
         }
     }
     Ok(records)

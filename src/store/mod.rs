@@ -8,7 +8,7 @@ mod rocks;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksStore;
+pub use rocks::{owner_only, RocksStore};
 
 /// The tables (RocksDB column families) of the vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -40,6 +40,13 @@ fn table_options(table: Table, cache: &Cache) -> Options {
     cf
 }
 
+/// Makes a directory readable by its owner only (0700): the files RocksDB writes
+/// inside follow the umask, and records carry public metadata and the audit trail.
+pub fn owner_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 pub struct RocksStore {
     db: DB,
 }
@@ -54,6 +61,7 @@ impl RocksStore {
     /// process's file limit, leaving room for sockets.
     pub fn open(dir: &Path, max_open_files: i32) -> Result<RocksStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+        owner_only(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);

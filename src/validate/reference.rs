@@ -271,7 +271,10 @@ mod tests {
         fn references_with_short_digit_runs_are_accepted(parts in proptest::collection::vec(("[a-z]{1,4}", "[0-9]{0,11}"), 1..6)) {
             let value: String = parts.iter().map(|(letters, digits)| format!("{letters}{digits}")).collect();
             if value.len() <= 128 {
-                prop_assert!(validate_reference("customer", &value).is_ok(), "{}", value);
+                // Never taken for a card number. (Letters and digits can spell a valid
+                // IBAN by chance: about one in a hundred strings shaped like one.)
+                let reason = validate_reference("customer", &value).err().map(|e| e.reason);
+                prop_assert!(reason.is_none() || reason == Some("iban_like"), "{}", value);
             }
         }
     }

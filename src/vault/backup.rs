@@ -23,6 +23,8 @@ impl Vault {
         dir: &Path,
         request_id: &str,
     ) -> Result<BackupInfo, VaultError> {
+        // One at a time: two in the same second would share a name.
+        let _one = self.backup_lock.lock().await;
         let now = self.clock.now();
         let stamp = format!(
             "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -33,7 +35,9 @@ impl Vault {
             now.minute(),
             now.second()
         );
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .and_then(|()| crate::store::owner_only(dir))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let mut name = format!("backup-{stamp}");
         let mut n = 1;
         while dir.join(&name).exists() {
@@ -42,13 +46,11 @@ impl Vault {
         }
         let path = dir.join(&name);
         self.store.checkpoint(&path)?;
-        let records = self
-            .committer
-            .kek_counts()
-            .snapshot()
-            .values()
-            .map(|c| u64::try_from(c.records).unwrap_or(0))
-            .sum();
+        crate::store::owner_only(&path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        // What the checkpoint holds, not the live count (writes go on meanwhile).
+        let records = crate::store::RocksStore::open_read_only(&path)
+            .and_then(|backup| crate::ops::records_in(&backup))
+            .map_err(|e| StoreError::Unavailable(format!("the backup does not open: {e}")))?;
         let event = AuditEvent::new(auth.identity(), "backup", "ok").request_id(request_id);
         // The checkpoint may hold batches applied but not yet synced; this
         // commit's fsync covers them. If it fails they may never become durable,

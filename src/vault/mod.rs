@@ -101,6 +101,8 @@ pub struct Vault {
     key_file: Option<KeyFile>,
     /// Serialises rotations and retirements.
     key_admin: tokio::sync::Mutex<()>,
+    /// Serialises backups.
+    backup_lock: tokio::sync::Mutex<()>,
     rewrap_wake: tokio::sync::Notify,
     max_wraps_per_key: u64,
 }
@@ -120,6 +122,7 @@ impl Vault {
             cvc: CvcCache::new(settings.cvc_ttl),
             clock,
             key_file: settings.key_file,
+            backup_lock: tokio::sync::Mutex::new(()),
             key_admin: tokio::sync::Mutex::new(()),
             rewrap_wake: tokio::sync::Notify::new(),
             max_wraps_per_key: settings.max_wraps_per_key,

@@ -180,7 +180,30 @@ async fn backup_under_write_load_restores_every_acknowledged_token() {
     assert!(info["name"].as_str().unwrap().starts_with("backup-"));
     assert!(info["records"].as_u64().unwrap() >= 50);
     let path = info["path"].as_str().unwrap().to_owned();
+    let backed_up = info["records"].as_u64().unwrap();
     assert!(load.await.unwrap() > 0);
+    // Backups at the same moment queue instead of colliding.
+    let mut names = std::collections::HashSet::new();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (tls, addr) = (vault.pki.tls("security"), vault.addr);
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr, tls.config().unwrap()).await.unwrap();
+                c.request(Method::POST, "/v1/backups", None).await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert!(names.insert(reply.json()["name"].as_str().unwrap().to_owned()));
+    }
+    // Data and backups are readable by the daemon's user only.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [vault.data_dir(), std::path::PathBuf::from(&path)] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    }
     let mut gateway = vault.client("gateway").await;
     assert_eq!(
         gateway.request(Method::POST, "/v1/backups", None).await.unwrap().status,
@@ -196,6 +219,8 @@ async fn backup_under_write_load_restores_every_acknowledged_token() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains(&format!("({backed_up} records)")), "{said}");
     let again = Command::new(bin)
         .args(["restore", "--from", &path, "--to"])
         .arg(&restored)
