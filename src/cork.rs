@@ -56,38 +56,22 @@ const PLAIN_FOR: Duration = Duration::from_millis(10);
 
 /// The requests of one connection whose responses are not made yet: the service
 /// holds an `InFlightGuard` while it answers one.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct InFlight(Arc<Activity>);
 
+#[derive(Default)]
 struct Activity {
+    /// Requests being answered now.
     count: AtomicUsize,
-    /// When the count last changed, in milliseconds after `since`.
-    last_ms: AtomicU64,
-    since: Instant,
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        InFlight(Arc::new(Activity {
-            count: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            since: Instant::now(),
-        }))
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Release);
-    }
+    /// Requests ever started: unchanged between two looks means none started.
+    started: AtomicU64,
 }
 
 impl InFlight {
     /// Counts a request until the guard is dropped (answered or abandoned).
     pub fn enter(&self) -> InFlightGuard {
+        self.0.started.fetch_add(1, Ordering::Relaxed);
         self.0.count.fetch_add(1, Ordering::AcqRel);
-        self.0.touch();
         InFlightGuard(self.0.clone())
     }
 
@@ -95,13 +79,11 @@ impl InFlight {
         self.0.count.load(Ordering::Acquire) > 0
     }
 
-    /// How long no request has been in flight (zero while one is).
-    pub fn idle_for(&self) -> Duration {
-        if self.any() {
-            return Duration::ZERO;
-        }
-        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
-        self.0.since.elapsed().saturating_sub(last)
+    /// A mark that changes whenever a request starts, or `None` while one is in
+    /// flight: the connection was idle between two looks that saw the same mark.
+    pub fn idle_mark(&self) -> Option<u64> {
+        let started = self.0.started.load(Ordering::Acquire);
+        (!self.any()).then_some(started)
     }
 }
 
@@ -110,7 +92,6 @@ pub struct InFlightGuard(Arc<Activity>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.touch();
         self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -125,6 +125,8 @@ impl Ends {
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut reloads_open = true;
+        // Since when every look found no request in flight and none started.
+        let mut idle_since: Option<(tokio::time::Instant, u64)> = None;
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => return Drain::Shutdown,
@@ -133,8 +135,14 @@ impl Ends {
                     // The reloader is gone (the daemon is stopping): no more reloads.
                     Err(_) => reloads_open = false,
                 },
-                _ = tick.tick() => {
-                    if idle.is_some_and(|idle| in_flight.idle_for() >= idle) {
+                now = tick.tick() => {
+                    idle_since = match (in_flight.idle_mark(), idle_since) {
+                        (Some(mark), Some((since, seen))) if mark == seen => Some((since, seen)),
+                        (Some(mark), _) => Some((now, mark)),
+                        (None, _) => None,
+                    };
+                    let idle_for = idle_since.map_or(Duration::ZERO, |(since, _)| now.duration_since(since));
+                    if idle.is_some_and(|idle| idle_for >= idle) {
                         return Drain::Idle;
                     }
                     if started.elapsed() >= max_age {
