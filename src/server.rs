@@ -154,6 +154,32 @@ impl Ends {
     }
 }
 
+/// Watches a connection from its own task (the connection's task then polls one
+/// cheap receiver per wake-up, not the timers): the receiver resolves when the
+/// connection should be drained. The watch ends when the returned guard drops.
+fn watchdog(
+    mut ends: Ends,
+    in_flight: InFlight,
+    idle: Option<Duration>,
+    max_age: Duration,
+) -> (tokio::sync::oneshot::Receiver<Drain>, AbortOnDrop) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let why = ends.wait(&in_flight, idle, max_age).await;
+        let _ = tx.send(why);
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<AppState>, ends: Ends, limits: &Limits) {
     let _ = tcp.set_nodelay(true);
     state.metrics.connection_opened();
@@ -161,7 +187,7 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<AppS
     state.metrics.connection_closed();
 }
 
-async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, state: &Arc<AppState>, mut ends: Ends, limits: &Limits) {
+async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, state: &Arc<AppState>, ends: Ends, limits: &Limits) {
     let handshake = tokio::time::timeout(Limits::ms(limits.handshake_timeout_ms), acceptor.accept(tcp)).await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
@@ -210,9 +236,11 @@ async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, state: &Arc<AppState>,
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         let idle = Some(Limits::ms(limits.idle_timeout_ms));
+        let (drain, _watchdog) = watchdog(ends, in_flight, idle, max_age);
         tokio::select! {
+            biased;
             _ = conn.as_mut() => {}
-            why = ends.wait(&in_flight, idle, max_age) => {
+            Ok(why) = drain => {
                 tracing::debug!(reason = ?why, "draining an HTTP/2 connection");
                 conn.as_mut().graceful_shutdown();
                 // A client that reads nothing cannot hold the connection past the grace.
@@ -230,9 +258,11 @@ async fn serve_tls(tcp: TcpStream, acceptor: TlsAcceptor, state: &Arc<AppState>,
             .keep_alive(true);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
+        let (drain, _watchdog) = watchdog(ends, in_flight, None, max_age);
         tokio::select! {
+            biased;
             _ = conn.as_mut() => {}
-            why = ends.wait(&in_flight, None, max_age) => {
+            Ok(why) = drain => {
                 tracing::debug!(reason = ?why, "draining an HTTP/1.1 connection");
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(grace, conn).await;
