@@ -26,9 +26,8 @@
 //! The buffer holds plaintext responses, detokenized values among them: it grows
 //! only by copying into a new allocation and wiping the old one, is wiped after
 //! every drain, after a failed write and on drop, and never holds more than
-//! `MAX_BUFFERED` bytes. It is freed after a drain when no other request on the
-//! connection is being answered (the burst is over), so an idle connection holds
-//! no buffer.
+//! `MAX_BUFFERED` bytes. After the drain that ends a burst (no other request on
+//! the connection being answered) it is cut back to 4 KiB, wiped.
 //!
 //! HTTP/1.1 connections are not corked: hyper reads the next request only after
 //! the previous response was flushed, so there is never a second response to wait
@@ -160,11 +159,18 @@ impl<S> Corked<S> {
     }
 
     /// Wipes what was sent. The buffer is kept for the rest of a burst (another
-    /// request still being answered) unless it grew large; otherwise it is freed,
-    /// so an idle connection holds none.
+    /// request still being answered) unless it grew past `KEPT_CAPACITY`; at the
+    /// end of a burst anything past `MIN_CAPACITY` is freed, so an idle
+    /// connection holds at most 4 KiB, wiped. (Freeing that too costs every
+    /// burst a fresh allocation, which on these VMs may fault in new pages.)
     fn wipe(&mut self) {
         self.buf.zeroize();
-        if self.buf.capacity() > KEPT_CAPACITY || !self.in_flight.any() {
+        let limit = if self.in_flight.any() {
+            KEPT_CAPACITY
+        } else {
+            MIN_CAPACITY
+        };
+        if self.buf.capacity() > limit {
             self.buf = Vec::new();
         }
         self.sent = 0;
@@ -238,9 +244,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         let this = &mut *self;
         if this.buf.is_empty() {
             // Nothing new since the last drain: the burst is over. The buffer
-            // was wiped then; give its memory back.
+            // was wiped then; give back all but the smallest allocation.
             this.deferred = false;
-            if this.buf.capacity() > 0 {
+            if this.buf.capacity() > MIN_CAPACITY {
                 this.buf = Vec::new();
             }
             return Pin::new(&mut this.inner).poll_flush(cx);
