@@ -93,30 +93,9 @@ fn split_numeric_key(key: &[u8]) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::commit::Committer;
-    use crate::crypto::Keyring;
-    use crate::secret::KeyBytes;
     use crate::store::MemoryStore;
     use crate::store::Store;
     use std::sync::Arc;
-
-    fn vault(store: Arc<dyn Store>) -> Option<Vault> {
-        let ring = Keyring::generate(0).ok()?;
-        let audit_key = KeyBytes::new(*ring.audit_key().expose_secret());
-        let (committer, _writer) = Committer::start(store.clone(), audit_key, Arc::new(SystemClock)).ok()?;
-        let settings = super::super::VaultSettings {
-            cvc_ttl: time::Duration::minutes(10),
-            key_file: None,
-            max_wraps_per_key: u64::MAX,
-        };
-        Some(Vault::new(
-            Arc::new(ring),
-            store,
-            committer,
-            Arc::new(SystemClock),
-            settings,
-        ))
-    }
 
     /// Records written before claims existed: 2,500 numeric ones in two tenants
     /// (one number in both), and opaque ones, which need no claim.
@@ -147,7 +126,7 @@ mod tests {
             b"record".to_vec(),
         ));
         assert!(store.write(&ops, true).is_ok());
-        let Some(vault) = vault(store.clone()) else {
+        let Some(vault) = super::super::tests::vault_on(store.clone(), Arc::new(SystemClock)) else {
             panic!("vault");
         };
         let report = vault.backfill_numeric_claims().await.ok().flatten();

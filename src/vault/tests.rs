@@ -16,9 +16,8 @@ struct Fixture {
     client: Client,
 }
 
-fn fixture() -> Option<Fixture> {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+/// A vault with a fresh keyring on `store`, its commit writer running.
+pub(super) fn vault_on(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Option<Vault> {
     let ring = Keyring::generate(0).ok()?;
     let audit_key = KeyBytes::new(*ring.audit_key().expose_secret());
     let (committer, _writer) = Committer::start(store.clone(), audit_key, clock.clone()).ok()?;
@@ -27,7 +26,13 @@ fn fixture() -> Option<Fixture> {
         key_file: None,
         max_wraps_per_key: u64::MAX,
     };
-    let vault = Vault::new(Arc::new(ring), store.clone(), committer, clock.clone(), settings);
+    Some(Vault::new(Arc::new(ring), store, committer, clock, settings))
+}
+
+fn fixture() -> Option<Fixture> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let vault = vault_on(store.clone(), clock.clone())?;
     let client = Client {
         identity: "spiffe://test/both".into(),
         roles: [Role::Tokenize, Role::Detokenize].into_iter().collect(),
