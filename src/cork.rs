@@ -165,22 +165,26 @@ impl<S> Corked<S> {
     /// burst a fresh allocation, which on these VMs may fault in new pages.)
     fn wipe(&mut self) {
         self.buf.zeroize();
-        let limit = if self.in_flight.any() {
+        self.trim(if self.in_flight.any() {
             KEPT_CAPACITY
         } else {
             MIN_CAPACITY
-        };
-        if self.buf.capacity() > limit {
+        });
+        self.sent = 0;
+    }
+
+    /// Frees an (already wiped, empty) buffer larger than `keep`.
+    fn trim(&mut self, keep: usize) {
+        if self.buf.capacity() > keep {
             self.buf = Vec::new();
         }
-        self.sent = 0;
     }
 
     /// After a failed write the connection is done: nothing buffered is kept
     /// until the connection is dropped.
     fn discard(&mut self) {
         self.buf.zeroize();
-        self.buf = Vec::new();
+        self.trim(0);
         self.sent = 0;
         self.deferred = false;
         self.deferred_at = None;
@@ -246,9 +250,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
             // Nothing new since the last drain: the burst is over. The buffer
             // was wiped then; give back all but the smallest allocation.
             this.deferred = false;
-            if this.buf.capacity() > MIN_CAPACITY {
-                this.buf = Vec::new();
-            }
+            this.trim(MIN_CAPACITY);
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
         if this.may_defer() {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::crypto::SealedKeyring;
-use crate::store::{RocksStore, Store, Table};
+use crate::store::RocksStore;
 use crate::tls::{load_certs, load_key, load_roots, server_config};
 
 /// One checked item: what, and either what was found or why it is broken.
@@ -123,21 +123,6 @@ pub fn restore(from: &Path, to: &Path) -> Result<u64, String> {
     copy_tree(from, to).map_err(|e| format!("copying into {}: {e}", to.display()))?;
     crate::store::owner_only(to).map_err(|e| format!("{}: {e}", to.display()))?;
     let store = RocksStore::open_read_only(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    records_in(&store).map_err(|e| e.to_string())
-}
-
-/// The records a store holds, from its per-key-version counters (`kek/<version>`
-/// in the meta table; nothing else in that table is summed).
-pub fn records_in(store: &dyn Store) -> Result<u64, crate::store::StoreError> {
-    let mut records = 0u64;
-    for (key, value) in store.scan_from(Table::Meta, b"kek/", 1 << 16)? {
-        if !key.starts_with(b"kek/") {
-            break;
-        }
-        if let Some(bytes) = value.get(..8) {
-            let n = i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
-            records = records.saturating_add(u64::try_from(n).unwrap_or(0));
-        }
-    }
-    Ok(records)
+    let counts = crate::commit::KekCounts::load(&store).map_err(|e| e.to_string())?;
+    Ok(counts.records())
 }

@@ -44,7 +44,7 @@ fn decode_count(bytes: &[u8]) -> Option<KekCount> {
 pub struct KekCounts(std::sync::Mutex<std::collections::BTreeMap<u32, KekCount>>);
 
 impl KekCounts {
-    pub(super) fn load(store: &dyn Store) -> Result<KekCounts, StoreError> {
+    pub fn load(store: &dyn Store) -> Result<KekCounts, StoreError> {
         let mut map = std::collections::BTreeMap::new();
         for (key, value) in store.scan_from(Table::Meta, KEK_PREFIX, 1 << 20)? {
             let Some(version) = key.strip_prefix(KEK_PREFIX) else {
@@ -63,6 +63,14 @@ impl KekCounts {
         if let Ok(mut shared) = self.0.lock() {
             shared.extend(written);
         }
+    }
+
+    /// Records in all key versions together.
+    pub fn records(&self) -> u64 {
+        self.snapshot()
+            .values()
+            .map(|c| u64::try_from(c.records).unwrap_or(0))
+            .fold(0, u64::saturating_add)
     }
 
     pub fn snapshot(&self) -> std::collections::BTreeMap<u32, KekCount> {

@@ -22,17 +22,29 @@ fn put_field(mac: &mut HmacSha256, bytes: &[u8]) {
     mac.update(bytes);
 }
 
+/// HMAC-SHA-256 over `fields`, each length-prefixed (the first names the use).
+fn mac_fields(key: &KeyBytes, fields: &[&[u8]]) -> [u8; MAC_LEN] {
+    let mut mac = hmac(key);
+    for field in fields {
+        put_field(&mut mac, field);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 /// The fingerprint of a normalised credential: HMAC-SHA-256 under the keyring's
 /// fingerprint key over the tenant, the credential kind and the value, each length
 /// prefixed. Stable within a tenant, unlinkable across tenants, and not brute-forceable
 /// from BIN and last 4 without the key.
 pub fn fingerprint(key: &KeyBytes, tenant: &str, kind: &str, normalized: &[u8]) -> String {
-    let mut mac = hmac(key);
-    put_field(&mut mac, b"tokenvault/fingerprint/v1");
-    put_field(&mut mac, tenant.as_bytes());
-    put_field(&mut mac, kind.as_bytes());
-    put_field(&mut mac, normalized);
-    let tag = mac.finalize().into_bytes();
+    let tag = mac_fields(
+        key,
+        &[
+            b"tokenvault/fingerprint/v1",
+            tenant.as_bytes(),
+            kind.as_bytes(),
+            normalized,
+        ],
+    );
     format!("fp_{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
@@ -41,12 +53,15 @@ pub fn fingerprint(key: &KeyBytes, tenant: &str, kind: &str, normalized: &[u8]) 
 /// prefixed. The header is caller text (it could hold a card number) and never
 /// reaches the disk itself.
 pub fn idempotency_id(key: &KeyBytes, identity: &str, tenant: &str, header: &[u8]) -> String {
-    let mut mac = hmac(key);
-    put_field(&mut mac, b"tokenvault/idempotency-key/v1");
-    put_field(&mut mac, identity.as_bytes());
-    put_field(&mut mac, tenant.as_bytes());
-    put_field(&mut mac, header);
-    let tag = mac.finalize().into_bytes();
+    let tag = mac_fields(
+        key,
+        &[
+            b"tokenvault/idempotency-key/v1",
+            identity.as_bytes(),
+            tenant.as_bytes(),
+            header,
+        ],
+    );
     format!("ik_{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
@@ -56,10 +71,7 @@ pub fn idempotency_id(key: &KeyBytes, identity: &str, tenant: &str, header: &[u8
 /// Repeated probes of one value show the same label, and an investigator holding
 /// a candidate token can be told whether it was asked for.
 pub fn probe_label(key: &KeyBytes, asked: &[u8]) -> String {
-    let mut mac = hmac(key);
-    put_field(&mut mac, b"tokenvault/audit-probe/v1");
-    put_field(&mut mac, asked);
-    let tag = mac.finalize().into_bytes();
+    let tag = mac_fields(key, &[b"tokenvault/audit-probe/v1", asked]);
     format!("probe_{}", URL_SAFE_NO_PAD.encode(tag.get(..16).unwrap_or_default()))
 }
 

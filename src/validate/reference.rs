@@ -59,7 +59,8 @@ fn pan_like(field: &str) -> ValidationError {
 }
 
 /// `%XX` escapes decoded (others kept as they are), so that an encoded separator
-/// separates.
+/// separates. Not `api::route::percent_decode`, which refuses a malformed escape
+/// anywhere: here one bad escape must not hide the good ones from the filter.
 fn percent_decoded(value: &str) -> Vec<u8> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -49,7 +49,8 @@ impl Vault {
         crate::store::owner_only(&path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         // What the checkpoint holds, not the live count (writes go on meanwhile).
         let records = crate::store::RocksStore::open_read_only(&path)
-            .and_then(|backup| crate::ops::records_in(&backup))
+            .and_then(|backup| crate::commit::KekCounts::load(&backup))
+            .map(|counts| counts.records())
             .map_err(|e| StoreError::Unavailable(format!("the backup does not open: {e}")))?;
         let event = AuditEvent::new(auth.identity(), "backup", "ok").request_id(request_id);
         // The checkpoint may hold batches applied but not yet synced; this

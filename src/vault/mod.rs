@@ -330,10 +330,9 @@ impl Vault {
                 ops.push(WriteOp::delete(Table::Fingerprints, key));
             }
         }
-        if !meta.token.starts_with("tok_") {
+        if let Some(claim) = numeric_claim_key(&meta.token) {
             // The claim is this record's only if it names this tenant (a token
             // issued before claims existed may share its number).
-            let claim = numeric_claim_key(&meta.token);
             if self.store.get(Table::Fingerprints, &claim)?.as_deref() == Some(meta.tenant.as_bytes()) {
                 ops.push(WriteOp::delete(Table::Fingerprints, claim));
             }

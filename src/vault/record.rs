@@ -169,12 +169,16 @@ pub fn record_key(tenant: &str, token: &str) -> Vec<u8> {
 /// fingerprint table: `\0numeric\0 token` → tenant. (Tenant names are never
 /// empty, so no fingerprint key starts with NUL.) Records stay keyed per tenant;
 /// the claim only stops two tenants from drawing the same number, which a client
-/// serving both could not tell apart.
-pub fn numeric_claim_key(token: &str) -> Vec<u8> {
+/// serving both could not tell apart. `None` for an opaque token, which needs no
+/// claim (144 random bits).
+pub fn numeric_claim_key(token: &str) -> Option<Vec<u8>> {
+    if token.starts_with("tok_") {
+        return None;
+    }
     let mut key = Vec::with_capacity(9 + token.len());
     key.extend_from_slice(b"\0numeric\0");
     key.extend_from_slice(token.as_bytes());
-    key
+    Some(key)
 }
 
 /// `tenant \0 fingerprint`.

@@ -159,10 +159,9 @@ impl Vault {
             let key = expiry_key(EXPIRY_TOKEN, at, &token_key);
             change.ops.push(WriteOp::put(Table::Expiries, key, Vec::new()));
         }
-        if !token.as_str().starts_with("tok_") {
+        if let Some(claim) = numeric_claim_key(token.as_str()) {
             // Numeric tokens: one number, one tenant (a draw that another tenant
             // holds conflicts and is drawn again).
-            let claim = numeric_claim_key(token.as_str());
             change.ops.push(WriteOp::put(
                 Table::Fingerprints,
                 claim.clone(),
