@@ -9,8 +9,9 @@ use crate::store::Table;
 pub const MAX_AUDIT_PAGE: usize = 1000;
 /// Most entries one page request reads while skipping other tenants' entries.
 pub const MAX_AUDIT_SCAN: usize = 10 * MAX_AUDIT_PAGE;
-/// Entries read per store scan while filling a page.
-const SCAN_CHUNK: usize = MAX_AUDIT_PAGE + 1;
+/// Fewest entries read per store scan while filling a page, so that skipping
+/// another tenant's entries takes few scans even for small pages.
+const MIN_SCAN_CHUNK: usize = 64;
 
 #[derive(Debug, serde::Serialize)]
 pub struct AuditPage {
@@ -39,15 +40,15 @@ impl Vault {
                 .as_ref()
                 .is_none_or(|t| auth.tenants().iter().any(|own| own == t))
         };
+        // A page and the entry after it, read in one scan when no entry is skipped.
+        let chunk = (limit + 1).max(MIN_SCAN_CHUNK);
         let mut entries = Vec::with_capacity(limit);
         let mut cursor = after;
         let mut scanned = 0usize;
         loop {
-            // Fixed-size chunks whatever the page size: skipping other tenants'
-            // entries takes few scans.
             let rows = self
                 .store
-                .scan_from(Table::Audit, &seq_key(cursor.saturating_add(1)), SCAN_CHUNK)?;
+                .scan_from(Table::Audit, &seq_key(cursor.saturating_add(1)), chunk)?;
             for (key, bytes) in &rows {
                 if entries.len() == limit {
                     // Another entry exists after the page: read on from its end.
@@ -73,7 +74,7 @@ impl Vault {
                     entries.push(entry);
                 }
             }
-            if rows.len() < SCAN_CHUNK {
+            if rows.len() < chunk {
                 return Ok(AuditPage { entries, next: None });
             }
             if scanned >= MAX_AUDIT_SCAN {
